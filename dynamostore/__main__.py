@@ -1,0 +1,3 @@
+from dynamostore.cli import main
+
+raise SystemExit(main())

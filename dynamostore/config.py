@@ -1,0 +1,188 @@
+"""Node and cluster configuration: pydantic models for the TOML files in `config/` and `DIR/cluster.toml`.
+
+A cluster file has a `[cluster]` table (identity, secret, ring shape, members) and optional settings
+tables (`[quorum]`, `[limits]`, `[handoff]`, `[antientropy]`, `[detector]`, `[storage]`, `[raft]`) that apply
+to every node. Unknown fields are errors, so a typo is reported with the field's name instead of being
+ignored. Nothing here is global: the loaded `NodeConfig` is passed to whatever needs it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """A configuration file is missing, unreadable or invalid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Member(_Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="node id, unique in the cluster")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(ge=1, le=65535)
+    rpc_host: str = "127.0.0.1"
+    rpc_port: int = Field(ge=1, le=65535)
+    data_dir: str | None = Field(default=None, description="defaults to <cluster data dir>/<id>")
+
+
+class ClusterSettings(_Strict):
+    name: str = "dynamostore"
+    secret: str = Field(min_length=16, description="shared secret that authenticates nodes to each other")
+    partitions: int = Field(default=64, ge=1, le=4096, description="Q: fixed for the life of the cluster")
+    n_val: int = Field(default=3, ge=1, le=9, description="N: replicas per key")
+    data_dir: str = Field(default="./data", description="parent of each member's data directory")
+    members: list[Member] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_members(self) -> ClusterSettings:
+        ids = [m.id for m in self.members]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"member ids must be unique, got {ids}")
+        return self
+
+
+class QuorumSettings(_Strict):
+    r: int = Field(default=2, ge=1, description="default read quorum")
+    w: int = Field(default=2, ge=1, description="default write quorum")
+    dw: int = Field(default=0, ge=0, description="default replicas that must fsync before a write is acknowledged")
+    sloppy: bool = Field(default=True, description="count hinted fallbacks toward quorums by default")
+    timeout_ms: int = Field(default=2000, ge=10, le=120_000, description="default request timeout")
+    repair_wait_ms: int = Field(default=500, ge=0, description="how long a read waits for stragglers to repair them")
+
+
+class LimitSettings(_Strict):
+    max_key_bytes: int = Field(default=400, ge=1, le=440, description="storage keys carry a node id and prefix; LMDB caps keys at 511 bytes")
+    max_value_bytes: int = Field(default=1 << 20, ge=1, le=64 << 20)
+    max_siblings: int = Field(default=64, ge=2, description="writes past this many siblings are refused (409)")
+    warn_siblings: int = Field(default=16, ge=1, description="log a warning when a key has this many siblings")
+
+
+class HandoffSettings(_Strict):
+    enabled: bool = True
+    interval_ms: int = Field(default=500, ge=10, description="how often pending hints are looked at")
+    rate_per_sec: int = Field(default=2000, ge=1, description="max hints delivered per second per node")
+    concurrency: int = Field(default=2, ge=1, description="targets delivered to at once")
+    max_hint_window_s: int = Field(default=3 * 3600, ge=1, description="stop hinting a node down this long")
+    max_hints_per_target: int = Field(default=1_000_000, ge=1)
+
+
+class AntiEntropySettings(_Strict):
+    enabled: bool = True
+    segments: int = Field(default=1024, ge=1, le=65_536, description="Merkle leaves per partition")
+    exchange_interval_s: float = Field(default=10.0, gt=0, description="per partition")
+    concurrency: int = Field(default=1, ge=1)
+    max_keys_per_sec: int = Field(default=5000, ge=1, description="repair throttle")
+    tombstone_grace_s: float = Field(default=3600.0, ge=0, description="keep tombstones at least this long")
+
+
+class DetectorSettings(_Strict):
+    heartbeat_ms: int = Field(default=200, ge=10)
+    down_after_ms: int = Field(default=800, ge=50, description="no answer for this long: routed around")
+
+
+class StorageSettings(_Strict):
+    map_size_gb: int = Field(default=64, ge=1, description="LMDB map size (virtual; sparse on disk)")
+
+
+class NodeSettings(_Strict):
+    """Everything tunable that applies to every node (what `--settings FILE` may hold)."""
+
+    quorum: QuorumSettings = QuorumSettings()
+    limits: LimitSettings = LimitSettings()
+    handoff: HandoffSettings = HandoffSettings()
+    antientropy: AntiEntropySettings = AntiEntropySettings()
+    detector: DetectorSettings = DetectorSettings()
+    storage: StorageSettings = StorageSettings()
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    testing_faults: bool = Field(default=False, description="allow fault injection (bench/tests only)")
+
+
+class ClusterFile(NodeSettings):
+    cluster: ClusterSettings
+
+    @model_validator(mode="after")
+    def _quorums_fit(self) -> ClusterFile:
+        n = self.cluster.n_val
+        for name in ("r", "w", "dw"):
+            if getattr(self.quorum, name) > n:
+                raise ValueError(f"quorum.{name} = {getattr(self.quorum, name)} is larger than n_val = {n}")
+        if self.cluster.partitions < len(self.cluster.members):
+            raise ValueError("cluster.partitions must be at least the number of members")
+        return self
+
+
+class NodeConfig(_Strict):
+    """What one node process runs with: the cluster file plus which member it is."""
+
+    file: ClusterFile
+    node_id: str
+    data_dir: Path
+
+    @field_validator("node_id")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        return v
+
+    @property
+    def me(self) -> Member:
+        return next(m for m in self.file.cluster.members if m.id == self.node_id)
+
+    @property
+    def cluster(self) -> ClusterSettings:
+        return self.file.cluster
+
+    @property
+    def secret(self) -> bytes:
+        return self.file.cluster.secret.encode()
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"configuration file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+
+
+def parse_settings(data: dict[str, Any], source: str) -> NodeSettings:
+    try:
+        return NodeSettings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from exc
+
+
+def load_cluster_file(path: Path) -> ClusterFile:
+    try:
+        return ClusterFile.model_validate(read_toml(path))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(path))) from exc
+
+
+def load_node_config(path: Path, node_id: str) -> NodeConfig:
+    cf = load_cluster_file(path)
+    ids = [m.id for m in cf.cluster.members]
+    if node_id not in ids:
+        raise ConfigError(f"node id {node_id!r} is not a member of {path} (members: {', '.join(ids)})")
+    member = next(m for m in cf.cluster.members if m.id == node_id)
+    base = Path(cf.cluster.data_dir)
+    if not base.is_absolute():
+        base = (path.parent / base).resolve()
+    data_dir = Path(member.data_dir) if member.data_dir else base / node_id
+    return NodeConfig(file=cf, node_id=node_id, data_dir=data_dir)

@@ -1,0 +1,251 @@
+"""One dynamostore node process: wires storage, replica, RPC, liveness, coordinators and the HTTP API.
+
+`Node.start()` brings the parts up in dependency order; `Node.stop()` takes them down in reverse, letting
+in-flight writes drain into storage. Background work (heartbeats, hinted handoff, anti-entropy, read repair)
+runs as supervised tasks: `spawn` keeps a reference and logs any error instead of letting it vanish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Iterable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.core import Metric
+
+from dynamostore import versioning as v
+from dynamostore.config import NodeConfig
+from dynamostore.coordinator import Coordinator, ForwardError, Unavailable, WriteOptions
+from dynamostore.liveness import Detector, Heartbeater
+from dynamostore.metrics import NodeMetrics, gauge
+from dynamostore.replica import LocalReplica, SiblingLimitError
+from dynamostore.rpc import RpcClient, RpcRemoteError, RpcRouter, RpcServer, RpcTimeout, RpcUnavailable
+from dynamostore.storage import Storage
+from ring.placement import Ring, initial_ring
+
+log = logging.getLogger(__name__)
+
+
+def _bad(msg: str) -> RpcRemoteError:
+    return RpcRemoteError("bad_request", msg)
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.n_val = config.cluster.n_val
+        self.repair_wait = config.file.quorum.repair_wait_ms / 1000
+        self.members = {m.id: m for m in config.cluster.members}
+        self._ring = initial_ring(list(self.members), config.cluster.partitions)
+        self.ring_epoch = 1
+        self.metrics = NodeMetrics(self.node_id)
+        self.started_at = time.time()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.storage: Storage
+        self.replica: LocalReplica
+        self.coordinator: Coordinator
+        self.rpc_client = RpcClient(self.node_id, config.secret, connect_timeout=0.5)
+        self.router = RpcRouter()
+        self.rpc_server: RpcServer | None = None
+        self.detector: Detector
+        self.heartbeater: Heartbeater
+        self.http_runner: web.AppRunner | None = None
+        self.services: list[Any] = []  # background workers with start()/stop()/status()
+
+    # --- ClusterView (what the coordinator needs) ------------------------------------------------------
+
+    @property
+    def ring(self) -> Ring:
+        return self._ring
+
+    def up_set(self) -> set[str]:
+        return self.detector.up_set(self.node_id)
+
+    async def call(self, node: str, method: str, payload: Any, timeout: float) -> Any:
+        m = self.members[node]
+        loop = asyncio.get_running_loop()
+        try:
+            res = await self.rpc_client.call((m.rpc_host, m.rpc_port), method, payload, timeout=timeout)
+        except RpcUnavailable as exc:
+            self.detector.failure(node, loop.time(), "unavailable", hard=True)
+            self.metrics.replica_calls.labels(method, "unavailable").inc()
+            raise exc
+        except RpcTimeout as exc:
+            self.detector.failure(node, loop.time(), "timeout", hard=False)
+            self.metrics.replica_calls.labels(method, "timeout").inc()
+            raise exc
+        except RpcRemoteError:
+            self.detector.success(node, loop.time())
+            self.metrics.replica_calls.labels(method, "error").inc()
+            raise
+        if self.detector.success(node, loop.time()):
+            self._peer_up(node)
+        self.metrics.replica_calls.labels(method, "ok").inc()
+        return res
+
+    def spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)  # type: ignore[arg-type]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    def _peer_up(self, peer: str) -> None:
+        for s in self.services:
+            hook = getattr(s, "peer_up", None)
+            if hook:
+                hook(peer)
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        me = cfg.me
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = await Storage.open(cfg.data_dir / "store", map_size=cfg.file.storage.map_size_gb << 30)
+        self.replica = await LocalReplica.open(
+            self.node_id,
+            self.storage,
+            partitions=cfg.cluster.partitions,
+            segments=cfg.file.antientropy.segments,
+            max_siblings=cfg.file.limits.max_siblings,
+            warn_siblings=cfg.file.limits.warn_siblings,
+        )
+        self.coordinator = Coordinator(self, self.replica)
+        loop = asyncio.get_running_loop()
+        peers = [m for m in self.members if m != self.node_id]
+        det = cfg.file.detector
+        self.detector = Detector(peers, det.down_after_ms / 1000, loop.time())
+        self._register_rpc()
+        self.rpc_server = RpcServer(self.node_id, cfg.secret, self.router, host=me.rpc_host, port=me.rpc_port)
+        await self.rpc_server.start()
+        self.heartbeater = Heartbeater(
+            self.detector,
+            self._probe,
+            det.heartbeat_ms / 1000,
+            is_hard=lambda e: isinstance(e, RpcUnavailable),
+            on_up=self._peer_up,
+        )
+        self.heartbeater.start()
+        for s in self.services:
+            await s.start()
+        self.metrics.add_gauges(self._gauges)
+        from dynamostore.http_api import build_app  # the HTTP layer depends on the node, not the reverse
+
+        self.http_runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+        await self.http_runner.setup()
+        await web.TCPSite(self.http_runner, me.http_host, me.http_port, reuse_address=True).start()
+        log.info("node %s serving http://%s:%d (rpc %s:%d)", self.node_id, me.http_host, me.http_port,
+                 me.rpc_host, me.rpc_port)
+
+    async def stop(self) -> None:
+        if self.http_runner:
+            await self.http_runner.cleanup()
+        for s in reversed(self.services):
+            await s.stop()
+        await self.heartbeater.stop()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.rpc_server:
+            await self.rpc_server.stop()
+        await self.rpc_client.close()
+        await self.storage.close()
+        log.info("node %s stopped", self.node_id)
+
+    async def _probe(self, peer: str, timeout: float) -> None:
+        m = self.members[peer]
+        await self.rpc_client.call((m.rpc_host, m.rpc_port), "ping", None, timeout=timeout)
+
+    # --- internal RPC methods -------------------------------------------------------------------------
+
+    def _register_rpc(self) -> None:
+        r = self.router
+        r.register("ping", self._rpc_ping)
+        r.register("kv.get", self._rpc_get)
+        r.register("kv.put", self._rpc_put)
+        r.register("kv.coord_put", self._rpc_coord_put)
+
+    async def _rpc_ping(self, payload: Any, peer: str) -> Any:
+        return [self.node_id, self.ring_epoch]
+
+    async def _rpc_get(self, payload: Any, peer: str) -> Any:
+        try:
+            key, hint_for = payload
+            ref = self.replica.ref(bytes(key))
+        except (TypeError, ValueError) as exc:
+            raise _bad(f"kv.get payload: {exc}") from exc
+        state = await self.replica.get(ref, hint_for)
+        return None if state is None else v.encode(state)
+
+    async def _rpc_put(self, payload: Any, peer: str) -> Any:
+        try:
+            key, raw, durable, hint_for = payload
+            ref = self.replica.ref(bytes(key))
+            state = v.decode(bytes(raw))
+        except (TypeError, ValueError) as exc:
+            raise _bad(f"kv.put payload: {exc}") from exc
+        await self.replica.merge(ref, state, durable=bool(durable), hint_for=hint_for)
+        return True
+
+    async def _rpc_coord_put(self, payload: Any, peer: str) -> Any:
+        try:
+            key, value, ctype, ctx_items, wire_opts = payload
+            ctx = {str(a): int(c) for a, c in ctx_items}
+            opts = WriteOptions.from_wire(wire_opts)
+        except (TypeError, ValueError) as exc:
+            raise _bad(f"kv.coord_put payload: {exc}") from exc
+        # A forwarded write is coordinated here or fails: never forwarded again (no loops).
+        try:
+            res = await self.coordinator.put(bytes(key), value, str(ctype), ctx, opts)
+        except Unavailable as exc:
+            raise RpcRemoteError("unavailable", str(exc)) from exc
+        except SiblingLimitError as exc:
+            raise RpcRemoteError("conflict", str(exc)) from exc
+        except ForwardError as exc:
+            raise RpcRemoteError(exc.code, str(exc)) from exc
+        return [res.coordinator, res.acks, res.hinted, res.durable, v.encode(res.state)]
+
+    # --- observability --------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        members = []
+        view = self.detector.view(loop.time())
+        for mid, m in self.members.items():
+            entry: dict[str, Any] = {"id": mid, "http": f"{m.http_host}:{m.http_port}", "status": "active"}
+            entry["liveness"] = {"up": True, "self": True} if mid == self.node_id else view[mid]
+            members.append(entry)
+        out: dict[str, Any] = {
+            "node": self.node_id,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "ring": {
+                "epoch": self.ring_epoch,
+                "partitions": self._ring.num_partitions,
+                "n_val": self.n_val,
+                "owned": [p for p, o in enumerate(self._ring.owners) if o == self.node_id],
+            },
+            "members": members,
+            "storage": self.storage.stats(),
+            "coordinator": {"read_repairs": self.coordinator.read_repairs, "forwarded": self.coordinator.forwarded},
+        }
+        for s in self.services:
+            out.update(s.status())
+        return out
+
+    def _gauges(self) -> Iterable[Metric]:
+        up = self.up_set()
+        for mid in self.members:
+            yield gauge("dynamostore_peer_up", "1 when this node sees the peer up", float(mid in up), {"peer": mid})
+        yield gauge("dynamostore_ring_epoch", "Ring epoch this node serves with", float(self.ring_epoch))
+        for k, val in self.storage.stats().items():
+            yield gauge(f"dynamostore_storage_{k}", f"storage engine statistic {k}", float(val))
+        for s in self.services:
+            yield from s.gauges()

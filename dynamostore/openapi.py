@@ -1,0 +1,93 @@
+"""The OpenAPI 3 description of the client HTTP API, served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_LEVEL = {"type": "string", "pattern": "^(ONE|TWO|THREE|QUORUM|ALL|one|two|three|quorum|all|[0-9]+)$"}
+
+
+def _err(desc: str) -> dict[str, Any]:
+    return {
+        "description": desc,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def spec(n_val: int, max_value: int, max_key: int) -> dict[str, Any]:
+    key_param = {
+        "name": "key", "in": "path", "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": max_key},
+    }
+    common = [
+        {"name": "X-Consistency-Level", "in": "header", "schema": _LEVEL,
+         "description": f"R for reads, W for writes (N = {n_val})"},
+        {"name": "X-Sloppy-Quorum", "in": "header", "schema": {"type": "string", "enum": ["true", "false"]}},
+        {"name": "X-Timeout-Ms", "in": "header", "schema": {"type": "integer", "minimum": 1, "maximum": 120000}},
+    ]
+    write_params = common + [
+        {"name": "X-Write-Quorum", "in": "header", "schema": _LEVEL},
+        {"name": "X-Durable-Writes", "in": "header", "schema": _LEVEL},
+        {"name": "X-Context", "in": "header", "schema": {"type": "string"},
+         "description": "causal context from a previous read; omit for a write concurrent with everything"},
+        {"name": "w", "in": "query", "schema": _LEVEL},
+        {"name": "dw", "in": "query", "schema": _LEVEL},
+        {"name": "pw", "in": "query", "schema": _LEVEL},
+    ]
+    read_params = common + [
+        {"name": "X-Read-Quorum", "in": "header", "schema": _LEVEL},
+        {"name": "r", "in": "query", "schema": _LEVEL},
+        {"name": "pr", "in": "query", "schema": _LEVEL},
+    ]
+    write_errors = {
+        "400": _err("malformed key, header, context or quorum (R/W larger than N)"),
+        "409": _err("the write would exceed the sibling limit"),
+        "503": _err("the write quorum was not reached in time"),
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "dynamostore", "version": "0.1.0",
+                 "description": "Dynamo-style leaderless key-value store: per-request quorums, siblings, contexts."},
+        "paths": {
+            "/kv/{key}": {
+                "get": {
+                    "summary": "Read a key",
+                    "parameters": [key_param] + read_params,
+                    "responses": {
+                        "200": {"description": "the value; X-Context covers it"},
+                        "300": {"description": "siblings: multipart/mixed, or JSON with base64 values"},
+                        "400": _err("malformed key, header or quorum"),
+                        "404": _err("absent or deleted"),
+                        "503": _err("the read quorum was not reached in time"),
+                    },
+                },
+                "put": {
+                    "summary": "Write a key",
+                    "parameters": [key_param] + write_params
+                    + [{"name": "returnbody", "in": "query", "schema": {"type": "string", "enum": ["true", "false"]}}],
+                    "requestBody": {"content": {"application/octet-stream": {
+                        "schema": {"type": "string", "format": "binary", "maxLength": max_value}}}},
+                    "responses": {
+                        "204": {"description": "stored; X-Context, X-Acks, X-Hinted, X-Coordinator"},
+                        "200": {"description": "stored, with the body (returnbody=true)"},
+                        "300": {"description": "stored; siblings remain (returnbody=true)"},
+                        "413": _err("value over the limit"),
+                        **write_errors,
+                    },
+                },
+                "delete": {
+                    "summary": "Delete a key (writes a tombstone)",
+                    "parameters": [key_param] + write_params,
+                    "responses": {"204": {"description": "tombstone stored"}, **write_errors},
+                },
+            },
+            "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
+            "/status": {"get": {"summary": "Node, ring, members, hints, anti-entropy",
+                                "responses": {"200": {"description": "JSON status"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+        },
+        "components": {"schemas": {"Error": {
+            "type": "object", "required": ["error", "reason"],
+            "properties": {"error": {"type": "string"}, "reason": {"type": "string"}},
+        }}},
+    }

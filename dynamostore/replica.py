@@ -1,0 +1,190 @@
+"""The local replica: what one node does with its own copy of keys (the vnode of riak_kv, for all partitions).
+
+Every state change is a read-modify-write run inside the storage writer thread, so concurrent requests for
+one key on one node serialise without locks on the event loop. Three kinds of change:
+
+- `coordinate`: a client write this node coordinates; it mints the write's dot.
+- `merge`: a replica copy (or a repair, a handoff, an anti-entropy fix) merged in with causality.
+- hints: copies held for a down primary, kept in the separate "hints" namespace until handed off.
+
+Actor epochs. A dot (actor, n) must be fresh: if this node minted dots for a key, lost its copy (the hint was
+handed off, the partition moved away), and later minted (actor, 1) again, two different writes would share a
+dot and one would vanish on merge. As Riak 2.0 does against "key amnesia", the node continues an actor only
+when its local copy already carries it and is not behind the client's context for it; otherwise it starts a
+new actor `<node>.<epoch>` from a durably reserved, never reused epoch counter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dynamostore import versioning as v
+from dynamostore.storage import Storage, data_key, split_data_key
+from ring.hashing import key_hash, partition_of, segment_of
+
+log = logging.getLogger(__name__)
+
+EPOCH_KEY = b"actor_epoch_reserved"
+EPOCH_BLOCK = 1_000_000_000
+
+ChangeHook = Callable[[int, int, bytes, "bytes | None", "bytes | None"], None]
+
+
+class SiblingLimitError(Exception):
+    """A write would leave more siblings than the configured cap."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRef:
+    """A user key with its placement computed once: partition, Merkle segment and storage key."""
+
+    key: bytes
+    partition: int
+    segment: int
+    skey: bytes
+
+    @classmethod
+    def of(cls, key: bytes, partitions: int, segments: int) -> KeyRef:
+        h = key_hash(key)
+        p, s = partition_of(h, partitions), segment_of(h, segments)
+        return cls(key, p, s, data_key(p, s, key))
+
+
+def hint_key(target: str, skey: bytes) -> bytes:
+    return target.encode() + b"\x00" + skey
+
+
+def hint_prefix(target: str) -> bytes:
+    return target.encode() + b"\x00"
+
+
+def split_hint_key(hkey: bytes) -> tuple[str, bytes]:
+    target, _, skey = hkey.partition(b"\x00")
+    return target.decode(), skey
+
+
+class EpochAllocator:
+    """Hands out fresh actor epochs; blocks of them are reserved durably so a restart never reuses one."""
+
+    def __init__(self, start: int, reserved_until: int) -> None:
+        self.next = start
+        self.reserved_until = reserved_until
+
+    def take(self) -> int:
+        if self.next >= self.reserved_until:  # pragma: no cover - a billion fresh keys in one process lifetime
+            raise RuntimeError("actor epoch block exhausted; restart the node to reserve another")
+        e = self.next
+        self.next += 1
+        return e
+
+
+class LocalReplica:
+    def __init__(
+        self,
+        node_id: str,
+        storage: Storage,
+        epochs: EpochAllocator,
+        *,
+        partitions: int,
+        segments: int,
+        max_siblings: int,
+        warn_siblings: int,
+    ) -> None:
+        self.node_id = node_id
+        self.storage = storage
+        self.epochs = epochs
+        self.partitions = partitions
+        self.segments = segments
+        self.max_siblings = max_siblings
+        self.warn_siblings = warn_siblings
+        self.on_change: ChangeHook | None = None  # the Merkle trees subscribe here
+
+    @classmethod
+    async def open(cls, node_id: str, storage: Storage, **kw: int) -> LocalReplica:
+        raw = await storage.get("meta", EPOCH_KEY)
+        start = int(raw) if raw else 1
+        await storage.put("meta", EPOCH_KEY, str(start + EPOCH_BLOCK).encode(), durable=True)
+        return cls(node_id, storage, EpochAllocator(start, start + EPOCH_BLOCK), **kw)
+
+    def ref(self, key: bytes) -> KeyRef:
+        return KeyRef.of(key, self.partitions, self.segments)
+
+    def _actor_for(self, current: v.VersionSet | None, context: v.Clock) -> str:
+        mine = [a for a in (current.clock if current else {}) if a.split(".", 1)[0] == self.node_id]
+        if mine and current is not None:
+            actor = max(mine, key=lambda a: current.clock[a])
+            if context.get(actor, 0) <= current.clock[actor]:
+                return actor
+        return f"{self.node_id}.{self.epochs.take():x}"
+
+    def _notify(self, ref: KeyRef, old: bytes | None, new: bytes | None) -> None:
+        if self.on_change is not None and old != new:
+            self.on_change(ref.partition, ref.segment, ref.key, old, new)
+
+    # --- reads ---------------------------------------------------------------------------------------
+
+    async def get(self, ref: KeyRef, hint_for: str | None = None) -> v.VersionSet | None:
+        skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
+        raw = await self.storage.get("data" if hint_for is None else "hints", skey)
+        return v.decode(raw) if raw is not None else None
+
+    # --- writes --------------------------------------------------------------------------------------
+
+    async def coordinate(
+        self,
+        ref: KeyRef,
+        context: v.Clock,
+        value: bytes | None,
+        content_type: str,
+        *,
+        durable: bool,
+        hint_for: str | None = None,
+    ) -> v.VersionSet:
+        """Apply a client write here as its coordinator; returns the new state to replicate."""
+        now_ms = int(time.time() * 1000)
+
+        def apply(raw: bytes | None) -> tuple[bytes | None, tuple[v.VersionSet, bytes | None, bytes | None]]:
+            cur = v.decode(raw) if raw is not None else None
+            new = v.update(cur, context, self._actor_for(cur, context), value, content_type, now_ms)
+            if len(new.siblings) > self.max_siblings:
+                raise SiblingLimitError(
+                    f"key would have {len(new.siblings)} siblings, more than the limit of {self.max_siblings}; "
+                    "read the key and write back with its X-Context to resolve them"
+                )
+            return v.encode(new), (new, v.digest(cur), v.digest(new))
+
+        if hint_for is None:
+            new, old_d, new_d = await self.storage.update("data", ref.skey, apply, durable=durable)
+            self._notify(ref, old_d, new_d)
+        else:
+            new, _, _ = await self.storage.update("hints", hint_key(hint_for, ref.skey), apply, durable=durable)
+        if len(new.siblings) >= self.warn_siblings:
+            log.warning("key %r has %d siblings (limit %d)", ref.key, len(new.siblings), self.max_siblings)
+        return new
+
+    async def merge(
+        self, ref: KeyRef, incoming: v.VersionSet, *, durable: bool, hint_for: str | None = None
+    ) -> bool:
+        """Merge a copy in with causality. True when the stored state changed."""
+
+        def apply(raw: bytes | None) -> tuple[bytes | None, tuple[bytes | None, bytes | None]]:
+            cur = v.decode(raw) if raw is not None else None
+            merged = v.sync(cur, incoming)
+            if cur is not None and v.same_version(cur, merged):
+                return raw, (v.digest(cur), v.digest(cur))
+            return v.encode(merged), (v.digest(cur), v.digest(merged))
+
+        if hint_for is None:
+            old_d, new_d = await self.storage.update("data", ref.skey, apply, durable=durable)
+            self._notify(ref, old_d, new_d)
+        else:
+            old_d, new_d = await self.storage.update("hints", hint_key(hint_for, ref.skey), apply, durable=durable)
+        return old_d != new_d
+
+    async def merge_raw(self, skey: bytes, incoming: v.VersionSet, *, durable: bool = False) -> bool:
+        """Merge by storage key (handoff and anti-entropy deal in storage keys)."""
+        p, s, key = split_data_key(skey)
+        return await self.merge(KeyRef(key, p, s, skey), incoming, durable=durable)

@@ -1,0 +1,274 @@
+"""RPC server: accepts peer connections, authenticates them, runs the handler per request.
+
+One asyncio.Protocol per connection. Requests are decoded straight from `data_received`; each runs
+in its own task (handlers may be slow and must not block the others), and responses written in the
+same loop iteration are corked into a single `transport.write`. A peer that fails the handshake or
+sends garbage gets a FATAL frame (when the socket still allows it) and is disconnected; the
+listener keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, cast
+
+from dynamostore import rpc_wire as w
+from dynamostore.rpc_wire import Handler, RpcRemoteError
+
+log = logging.getLogger("dynamostore.rpc")
+
+_HELLO, _AUTH, _READY, _CLOSED = range(4)
+
+
+class RpcServer:
+    """Listens on (host, port) and serves authenticated peers with `handler`.
+
+    `stats` counts: connections (accepted, total), open (currently open), auth_failures,
+    bad_frames (garbage, wrong shape, oversized, protocol violations), requests.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        secret: bytes,
+        handler: Handler,
+        *,
+        host: str,
+        port: int,
+        max_frame: int = w.DEFAULT_MAX_FRAME,
+        handshake_timeout: float = 5.0,
+    ) -> None:
+        self.node_id = node_id
+        self.handler = handler
+        self.host = host
+        self.max_frame = max_frame
+        self.handshake_timeout = handshake_timeout
+        self._secret = secret
+        self._want_port = port
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: set[_ServerConn] = set()
+        self.stats: dict[str, int] = {
+            "connections": 0,
+            "open": 0,
+            "auth_failures": 0,
+            "bad_frames": 0,
+            "requests": 0,
+        }
+
+    @property
+    def port(self) -> int:
+        """The actual bound port (useful with port=0); the requested port before start()."""
+        if self._server is None or not self._server.sockets:
+            return self._want_port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("RpcServer already started")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _ServerConn(self), self.host, self._want_port, reuse_address=True
+        )
+        # Restarting keeps the port we were given, even when it was chosen by the OS.
+        self._want_port = self.port
+
+    async def stop(self) -> None:
+        """Stop listening, cancel running handlers, close every connection."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        tasks: list[asyncio.Task[None]] = []
+        for conn in list(self._conns):
+            tasks.extend(conn.tasks)
+            conn.close()
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+    # Called by connections.
+    def _forget(self, conn: _ServerConn) -> None:
+        if conn in self._conns:
+            self._conns.discard(conn)
+            self.stats["open"] -= 1
+
+
+class _ServerConn(asyncio.Protocol):
+    """One accepted connection: handshake state, request dispatch, corked writes."""
+
+    def __init__(self, server: RpcServer) -> None:
+        self.srv = server
+        self.loop = asyncio.get_running_loop()
+        self.state = _HELLO
+        self.decoder = w.FrameDecoder(server.max_frame)
+        self.packer = w.new_packer()
+        self.transport: asyncio.Transport | None = None
+        self.peer_id = ""
+        self.peer_addr: Any = None
+        self.cnonce = b""
+        self.snonce = b""
+        self.out: list[bytes] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.hs_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.peer_addr = transport.get_extra_info("peername")
+        self.srv._conns.add(self)
+        self.srv.stats["connections"] += 1
+        self.srv.stats["open"] += 1
+        self.hs_timer = self.loop.call_later(self.srv.handshake_timeout, self._handshake_expired)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = _CLOSED
+        if self.hs_timer is not None:
+            self.hs_timer.cancel()
+        for t in self.tasks:
+            t.cancel()
+        self.srv._forget(self)
+
+    def pause_writing(self) -> None:
+        # The peer is not reading its answers: stop reading its requests (backpressure).
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self.state != _CLOSED:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == _CLOSED:
+            return
+        msgs, err = self.decoder.feed(data)
+        for msg in msgs:
+            if self.state == _READY and msg[0] == w.REQ and len(msg) == 4:
+                rid, method = msg[1], msg[2]
+                if type(rid) is int and type(method) is str:
+                    self.srv.stats["requests"] += 1
+                    task = self.loop.create_task(self._serve(rid, method, msg[3]))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+                    continue
+            self._control(msg)
+            if self.state == _CLOSED:
+                return
+        if err is not None:
+            self._bad(err.code, err.message)
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def _serve(self, rid: int, method: str, payload: Any) -> None:
+        try:
+            result = await self.srv.handler(method, payload, self.peer_id)
+            msg: list[Any] = [w.OK, rid, result]
+        except RpcRemoteError as exc:
+            msg = [w.ERR, rid, str(exc.code), str(exc.message)]
+        except Exception as exc:
+            log.exception("rpc handler failed: method=%s peer=%s", method, self.peer_id)
+            msg = [w.ERR, rid, "internal", f"{type(exc).__name__}: {exc}"]
+        if self.state == _CLOSED:
+            return
+        try:
+            data = w.encode(self.packer, msg)
+        except Exception as exc:
+            log.error("rpc result not serializable: method=%s: %s", method, exc)
+            data = w.encode(self.packer, [w.ERR, rid, "internal", f"result not serializable: {exc}"])
+        if len(data) - 4 > self.srv.max_frame:
+            data = w.encode(
+                self.packer,
+                [w.ERR, rid, w.CODE_TOO_LARGE, f"result of {len(data) - 4} bytes exceeds max_frame"],
+            )
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        # Cork: everything written during this loop iteration leaves in one syscall.
+        out = self.out
+        out.append(data)
+        if len(out) == 1:
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out, self.out = self.out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    # -- handshake and protocol errors -------------------------------------------------
+
+    def _control(self, msg: list[Any]) -> None:
+        kind = msg[0]
+        if self.state == _HELLO and kind == w.HELLO and len(msg) == 5:
+            _, magic, version, cid, cnonce = msg
+            if magic != w.MAGIC or type(cid) is not str or type(cnonce) is not bytes:
+                self._bad(w.CODE_BAD_FRAME, "malformed hello")
+            elif version != w.VERSION:
+                self._bad(w.CODE_VERSION, f"unsupported protocol version {version!r}, want {w.VERSION}")
+            else:
+                self.peer_id, self.cnonce = cid, cnonce
+                self.snonce = os.urandom(w.NONCE_BYTES)
+                self.state = _AUTH
+                self._send_now([w.CHALLENGE, self.srv.node_id, self.snonce])
+        elif self.state == _AUTH and kind == w.AUTH and len(msg) == 2:
+            args = (self.srv._secret, self.cnonce, self.snonce, self.peer_id, self.srv.node_id)
+            if not w.proof_ok(w.client_proof(*args), msg[1]):
+                self.srv.stats["auth_failures"] += 1
+                log.warning(
+                    "rpc auth failed: peer %s claiming node id %r (wrong cluster secret?)",
+                    self.peer_addr,
+                    self.peer_id,
+                )
+                self._fatal(w.CODE_AUTH, "authentication failed: wrong cluster secret")
+                return
+            if self.hs_timer is not None:
+                self.hs_timer.cancel()
+                self.hs_timer = None
+            self.state = _READY
+            self._send_now([w.WELCOME, w.server_proof(*args)])
+        elif self.state in (_HELLO, _AUTH) and kind == w.REQ:
+            self.srv.stats["auth_failures"] += 1
+            log.warning("rpc request before authentication from %s", self.peer_addr)
+            self._fatal(w.CODE_AUTH, "not authenticated")
+        else:
+            self._bad(w.CODE_BAD_FRAME, f"unexpected message type {kind!r} in this state")
+
+    def _handshake_expired(self) -> None:
+        self.hs_timer = None
+        if self.state in (_HELLO, _AUTH):
+            log.warning("rpc handshake timed out for %s", self.peer_addr)
+            self._fatal(w.CODE_HANDSHAKE_TIMEOUT, "handshake not completed in time")
+
+    def _bad(self, code: str, message: str) -> None:
+        self.srv.stats["bad_frames"] += 1
+        log.warning("rpc protocol error from %s (%s): %s: %s", self.peer_addr, self.peer_id, code, message)
+        self._fatal(code, message)
+
+    def _send_now(self, msg: list[Any]) -> None:
+        assert self.transport is not None
+        self.transport.write(w.encode(self.packer, msg))
+
+    def _fatal(self, code: str, message: str) -> None:
+        """Tell the peer why, then close (transport.close flushes what was written first)."""
+        if self.state == _CLOSED or self.transport is None:
+            return
+        self._flush()  # answers already produced go out before the error
+        try:
+            self._send_now([w.FATAL, code, message])
+        except Exception:  # the socket may already be gone; closing is what matters
+            pass
+        self.close()
+
+    def close(self) -> None:
+        if self.state != _CLOSED:
+            self.state = _CLOSED
+            if self.hs_timer is not None:
+                self.hs_timer.cancel()
+                self.hs_timer = None
+            if self.transport is not None:
+                self._flush()
+                self.transport.close()

@@ -1,0 +1,176 @@
+"""Real multi-process clusters for tests: start `dynamostore node` processes, kill -9 them, restart them.
+
+Everything waits on conditions with deadlines (`wait_for`), never on blind sleeps. Reused by the node-kill,
+anti-entropy, membership and fault tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import tomli_w
+
+from dynamostore.localcluster import RPC_PORT_OFFSET, write_cluster_file
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_base_port(nodes: int) -> int:
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(200):
+        base = rng.randrange(20000, 40000)
+        ports = [base + k for k in range(nodes)] + [base + RPC_PORT_OFFSET + k for k in range(nodes)]
+        if all(_port_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range found")
+
+
+async def wait_for(
+    cond: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll an async condition until it holds; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await cond():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+class Cluster:
+    """N node processes sharing DIR/cluster.toml, like `dynamostore cluster`, but controllable per node."""
+
+    def __init__(self, root: Path, nodes: int, settings: dict[str, Any] | None = None) -> None:
+        self.root = root
+        self.nodes = nodes
+        self.base_port = free_base_port(nodes)
+        settings_file = None
+        if settings:
+            settings_file = root / "settings.toml"
+            root.mkdir(parents=True, exist_ok=True)
+            settings_file.write_text(tomli_w.dumps(settings))
+        self.config = write_cluster_file(root, nodes, self.base_port, settings_file)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.session: aiohttp.ClientSession | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        return [f"n{k}" for k in range(1, self.nodes + 1)]
+
+    def url(self, nid: str) -> str:
+        return f"http://127.0.0.1:{self.base_port + int(nid[1:]) - 1}"
+
+    def rpc_port(self, nid: str) -> int:
+        return self.base_port + int(nid[1:]) - 1 + RPC_PORT_OFFSET
+
+    def start(self, nid: str) -> None:
+        log = open(self.root / f"{nid}.log", "ab")
+        self.procs[nid] = subprocess.Popen(
+            [sys.executable, "-m", "dynamostore", "node", "--config", str(self.config), "--id", nid],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+
+    def kill(self, nid: str, sig: int = signal.SIGKILL) -> None:
+        p = self.procs[nid]
+        p.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            p.wait(timeout=30)
+
+    def alive(self, nid: str) -> bool:
+        p = self.procs.get(nid)
+        return p is not None and p.poll() is None
+
+    async def http(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        return self.session
+
+    async def healthy(self, nid: str) -> bool:
+        s = await self.http()
+        try:
+            async with s.get(self.url(nid) + "/health", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    async def wait_healthy(self, nid: str, timeout: float = 30) -> None:
+        def check() -> Awaitable[bool]:
+            if not self.alive(nid):
+                raise AssertionError(f"{nid} exited: see {self.root / (nid + '.log')}")
+            return self.healthy(nid)
+
+        await wait_for(check, timeout, f"{nid} to answer /health")
+
+    async def status(self, nid: str) -> dict[str, Any]:
+        s = await self.http()
+        async with s.get(self.url(nid) + "/status") as r:
+            assert r.status == 200
+            doc: dict[str, Any] = await r.json()
+            return doc
+
+    async def sees(self, observer: str, peer: str, up: bool) -> bool:
+        doc = await self.status(observer)
+        return any(m["id"] == peer and m["liveness"]["up"] == up for m in doc["members"])
+
+    async def start_all(self) -> None:
+        for nid in self.ids:
+            self.start(nid)
+        for nid in self.ids:
+            await self.wait_healthy(nid)
+        # every node sees every other node up before the test begins
+        for a in self.ids:
+            for b in self.ids:
+                if a != b:
+                    await wait_for(lambda a=a, b=b: self.sees(a, b, True), 10, f"{a} to see {b} up")
+
+    async def close(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if self.session is not None:
+            await self.session.close()
+
+    # --- client helpers -------------------------------------------------------------------------------
+
+    async def put(self, nid: str, key: str, value: bytes, headers: dict[str, str] | None = None,
+                  **params: str) -> tuple[int, dict[str, str], bytes]:
+        s = await self.http()
+        async with s.put(f"{self.url(nid)}/kv/{key}", data=value, headers=headers or {}, params=params) as r:
+            return r.status, dict(r.headers), await r.read()
+
+    async def get(self, nid: str, key: str, headers: dict[str, str] | None = None,
+                  **params: str) -> tuple[int, dict[str, str], bytes]:
+        s = await self.http()
+        async with s.get(f"{self.url(nid)}/kv/{key}", headers=headers or {}, params=params) as r:
+            return r.status, dict(r.headers), await r.read()
+
+    async def delete(self, nid: str, key: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        s = await self.http()
+        async with s.delete(f"{self.url(nid)}/kv/{key}", headers=headers or {}) as r:
+            return r.status, dict(r.headers), await r.read()
