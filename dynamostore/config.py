@@ -55,6 +55,9 @@ class QuorumSettings(_Strict):
     sloppy: bool = Field(default=True, description="count hinted fallbacks toward quorums by default")
     timeout_ms: int = Field(default=2000, ge=10, le=120_000, description="default request timeout")
     repair_wait_ms: int = Field(default=500, ge=0, description="how long a read waits for stragglers to repair them")
+    replica_timeout_ms: int = Field(
+        default=300, ge=1, description="a replica slower than this is replaced by a fallback (sloppy writes)"
+    )
 
 
 class LimitSettings(_Strict):

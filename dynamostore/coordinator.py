@@ -22,7 +22,7 @@ from dynamostore import versioning as v
 from dynamostore.quorum import GetTally, PutTally, Reply
 from dynamostore.replica import KeyRef, LocalReplica
 from dynamostore.rpc import RpcError, RpcRemoteError
-from ring.placement import Ring, Target, apl
+from ring.placement import Ring, Role, Target, apl
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +87,26 @@ class ClusterView(Protocol):
     node_id: str
     n_val: int
     repair_wait: float
+    replica_timeout: float
 
     @property
     def ring(self) -> Ring: ...
     def up_set(self) -> set[str]: ...
+    def may_hint(self, primary: str) -> bool: ...
     async def call(self, node: str, method: str, payload: Any, timeout: float) -> Any: ...
     def spawn(self, coro: Awaitable[None], name: str) -> None: ...
 
 
-def _quiet(calls: dict[asyncio.Future[Any], Target]) -> None:
+def _retrieve(f: asyncio.Future[Any]) -> None:
     """Replica calls may finish after the client was answered; retrieve their errors so none is 'never
     retrieved' (the node's call wrapper has already fed each outcome to the failure detector)."""
+    if not f.cancelled():
+        f.exception()
+
+
+def _quiet(calls: dict[asyncio.Future[Any], Target]) -> None:
     for f in calls:
-        f.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+        f.add_done_callback(_retrieve)
 
 
 def _reason(exc: BaseException) -> str:
@@ -115,9 +122,15 @@ class Coordinator:
         self.read_repairs = 0  # counters for /metrics
         self.forwarded = 0
 
-    def targets(self, ref: KeyRef, sloppy: bool) -> list[Target]:
-        ts = apl(self.view.ring, ref.partition, self.view.n_val, self.view.up_set())
-        return ts if sloppy else [t for t in ts if t.is_primary]
+    def targets(self, ref: KeyRef, sloppy: bool) -> tuple[list[Target], list[str]]:
+        """The active preference list, and the spare fallbacks left over to replace a failing target."""
+        ring, n, up = self.view.ring, self.view.n_val, self.view.up_set()
+        ts = [t for t in apl(ring, ref.partition, n, up) if t.hint_for is None or self.view.may_hint(t.hint_for)]
+        if not sloppy:
+            return [t for t in ts if t.is_primary], []
+        used = {t.node for t in ts}
+        _, fallbacks = ring.preference_list(ref.partition, n)
+        return ts, [f for f in fallbacks if f in up and f not in used]
 
     # --- writes --------------------------------------------------------------------------------------
 
@@ -127,41 +140,51 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + opts.timeout
         ref = self.replica.ref(key)
-        targets = self.targets(ref, opts.sloppy)
+        targets, spares = self.targets(ref, opts.sloppy)
         me = next((t for t in targets if t.node == self.view.node_id), None)
         if me is None:
             return await self._forward(ref, value, content_type, context, opts, targets, deadline)
         pw = opts.pw if opts.sloppy else max(opts.pw, opts.w)
-        tally = PutTally(w=opts.w, dw=opts.dw, pw=pw, targets=len(targets))
+        tally = PutTally(w=opts.w, dw=opts.dw, pw=pw, targets=len(targets) + len(spares))
         if tally.impossible():
-            raise Unavailable(tally.outcome().reason + f" (only {len(targets)} replicas reachable)")
+            raise Unavailable(tally.outcome().reason + " (too few replicas reachable)")
+        tally.targets = len(targets)
         durable = opts.dw > 0
         state = await self.replica.coordinate(
             ref, context, value, content_type, durable=durable, hint_for=me.hint_for
         )
         tally.add_ack(self.view.node_id, primary=me.is_primary, durable=durable)
-        payload = [key, v.encode(state), durable, None]
+        raw = v.encode(state)
         calls: dict[asyncio.Future[Any], Target] = {}
+
+        def send(t: Target) -> None:
+            fut = asyncio.ensure_future(self.view.call(t.node, "kv.put", [key, raw, durable, t.hint_for], opts.timeout))
+            fut.add_done_callback(_retrieve)
+            calls[fut] = t
+
+        def replace(t: Target) -> None:
+            # Sloppy quorum: a target that failed or is slow is replaced by the next spare fallback,
+            # which keeps the copy as a hint for the primary it stands in for.
+            if spares and not tally.satisfied():
+                tally.targets += 1
+                send(Target(spares.pop(0), Role.FALLBACK, hint_for=t.hint_for or t.node))
+
+        def answer(t: Target, res: Any, exc: BaseException | None) -> None:
+            if exc is None:
+                tally.add_ack(t.node, primary=t.is_primary, durable=durable)
+            else:
+                tally.add_error(t.node, _reason(exc))
+                replace(t)
+
         for t in targets:
-            if t is me:
-                continue
-            payload_t = payload if t.hint_for is None else [key, payload[1], durable, t.hint_for]
-            calls[asyncio.ensure_future(self.view.call(t.node, "kv.put", payload_t, opts.timeout))] = t
-        _quiet(calls)
-        timed_out = await self._collect(
-            calls, set(), deadline, tally.done, lambda t, res, exc: self._put_answer(tally, t, exc)
-        )
+            if t is not me:
+                send(t)
+        soft = loop.time() + min(self.view.replica_timeout, opts.timeout / 2)
+        timed_out = await self._collect(calls, set(), deadline, tally.done, answer, soft, replace)
         out = tally.outcome(timed_out)
         if not out.ok:
             raise Unavailable(out.reason)
         return PutResult(self.view.node_id, out.acks, out.hinted, out.durable, state)
-
-    @staticmethod
-    def _put_answer(tally: PutTally, t: Target, exc: BaseException | None) -> None:
-        if exc is None:
-            tally.add_ack(t.node, primary=t.is_primary, durable=False if tally.dw == 0 else True)
-        else:
-            tally.add_error(t.node, _reason(exc))
 
     async def _forward(
         self,
@@ -211,7 +234,7 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + opts.timeout
         ref = self.replica.ref(key)
-        targets = self.targets(ref, opts.sloppy)
+        targets, _ = self.targets(ref, opts.sloppy)
         pr = opts.pr if opts.sloppy else max(opts.pr, opts.r)
         tally = GetTally(r=opts.r, pr=pr, targets=len(targets))
         if tally.impossible():
@@ -275,24 +298,37 @@ class Coordinator:
         deadline: float,
         done: Callable[[], bool],
         on_answer: Callable[[Target, Any, BaseException | None], None],
+        soft_deadline: float | None = None,
+        on_slow: Callable[[Target], None] | None = None,
     ) -> bool:
         """Feed answers to `on_answer` until `done()` or the deadline. True when it timed out.
 
-        Futures that are still running afterwards keep running; whoever calls _collect again later with
-        the same `seen` set picks their answers up (read repair does); each future is reported once.
+        `on_answer` may add calls (a replacement target); they are waited for too. At `soft_deadline`,
+        `on_slow` is told once about each target that has not answered yet. Futures still running at the
+        end keep running; a later _collect with the same `seen` set picks their answers up (read repair
+        does); each future is reported once.
         """
         loop = asyncio.get_running_loop()
-        pending = {f for f in calls if f not in seen}
         while not done():
-            for f in [f for f in pending if f.done()]:
-                pending.discard(f)
-                seen.add(f)
-                exc = f.exception()
-                on_answer(calls[f], None if exc else f.result(), exc)
+            pending = [f for f in calls if f not in seen]
+            for f in pending:
+                if f.done():
+                    seen.add(f)
+                    exc = f.exception()
+                    on_answer(calls[f], None if exc else f.result(), exc)
+            pending = [f for f in calls if f not in seen]
             if done() or not pending:
                 break
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            now = loop.time()
+            if now >= deadline:
                 return True
-            await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            wake = deadline
+            if soft_deadline is not None and on_slow is not None:
+                if now >= soft_deadline:
+                    for f in pending:
+                        on_slow(calls[f])
+                    soft_deadline = None
+                    continue
+                wake = min(wake, soft_deadline)
+            await asyncio.wait(pending, timeout=wake - now, return_when=asyncio.FIRST_COMPLETED)
         return False

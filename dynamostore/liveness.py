@@ -64,6 +64,10 @@ class Detector:
         st = self.peers.get(peer)
         return st is None or st.up
 
+    def down_since(self, peer: str) -> float | None:
+        st = self.peers.get(peer)
+        return None if st is None or st.up else st.changed_at
+
     def up_set(self, me: str) -> set[str]:
         return {p for p, st in self.peers.items() if st.up} | {me}
 

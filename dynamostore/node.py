@@ -19,6 +19,7 @@ from prometheus_client.core import Metric
 from dynamostore import versioning as v
 from dynamostore.config import NodeConfig
 from dynamostore.coordinator import Coordinator, ForwardError, Unavailable, WriteOptions
+from dynamostore.handoff_worker import HandoffWorker
 from dynamostore.liveness import Detector, Heartbeater
 from dynamostore.metrics import NodeMetrics, gauge
 from dynamostore.replica import LocalReplica, SiblingLimitError
@@ -39,6 +40,7 @@ class Node:
         self.node_id = config.node_id
         self.n_val = config.cluster.n_val
         self.repair_wait = config.file.quorum.repair_wait_ms / 1000
+        self.replica_timeout = config.file.quorum.replica_timeout_ms / 1000
         self.members = {m.id: m for m in config.cluster.members}
         self._ring = initial_ring(list(self.members), config.cluster.partitions)
         self.ring_epoch = 1
@@ -54,7 +56,8 @@ class Node:
         self.detector: Detector
         self.heartbeater: Heartbeater
         self.http_runner: web.AppRunner | None = None
-        self.services: list[Any] = []  # background workers with start()/stop()/status()
+        self.services: list[Any] = []  # background workers with start()/stop()/status()/gauges()/peer_up()
+        self.handoff: HandoffWorker
 
     # --- ClusterView (what the coordinator needs) ------------------------------------------------------
 
@@ -64,6 +67,9 @@ class Node:
 
     def up_set(self) -> set[str]:
         return self.detector.up_set(self.node_id)
+
+    def may_hint(self, primary: str) -> bool:
+        return self.handoff.may_hint(primary)
 
     async def call(self, node: str, method: str, payload: Any, timeout: float) -> Any:
         m = self.members[node]
@@ -119,11 +125,15 @@ class Node:
             warn_siblings=cfg.file.limits.warn_siblings,
         )
         self.coordinator = Coordinator(self, self.replica)
+        self.handoff = HandoffWorker(self, cfg.file.handoff)
+        self.services = [self.handoff]
         loop = asyncio.get_running_loop()
         peers = [m for m in self.members if m != self.node_id]
         det = cfg.file.detector
         self.detector = Detector(peers, det.down_after_ms / 1000, loop.time())
         self._register_rpc()
+        for s in self.services:  # before the RPC server, so their methods are there for the first peer
+            await s.start()
         self.rpc_server = RpcServer(self.node_id, cfg.secret, self.router, host=me.rpc_host, port=me.rpc_port)
         await self.rpc_server.start()
         self.heartbeater = Heartbeater(
@@ -134,8 +144,6 @@ class Node:
             on_up=self._peer_up,
         )
         self.heartbeater.start()
-        for s in self.services:
-            await s.start()
         self.metrics.add_gauges(self._gauges)
         from dynamostore.http_api import build_app  # the HTTP layer depends on the node, not the reverse
 
@@ -192,6 +200,8 @@ class Node:
             state = v.decode(bytes(raw))
         except (TypeError, ValueError) as exc:
             raise _bad(f"kv.put payload: {exc}") from exc
+        if hint_for is not None and not self.handoff.accepts_hint(str(hint_for)):
+            raise RpcRemoteError("hint_limit", f"{self.node_id} holds too many hints for {hint_for}")
         await self.replica.merge(ref, state, durable=bool(durable), hint_for=hint_for)
         return True
 

@@ -101,6 +101,7 @@ class LocalReplica:
         self.max_siblings = max_siblings
         self.warn_siblings = warn_siblings
         self.on_change: ChangeHook | None = None  # the Merkle trees subscribe here
+        self.on_new_hint: Callable[[str], None] | None = None  # the handoff worker counts pending hints
 
     @classmethod
     async def open(cls, node_id: str, storage: Storage, **kw: int) -> LocalReplica:
@@ -160,7 +161,8 @@ class LocalReplica:
             new, old_d, new_d = await self.storage.update("data", ref.skey, apply, durable=durable)
             self._notify(ref, old_d, new_d)
         else:
-            new, _, _ = await self.storage.update("hints", hint_key(hint_for, ref.skey), apply, durable=durable)
+            new, old_d, _ = await self.storage.update("hints", hint_key(hint_for, ref.skey), apply, durable=durable)
+            self._hinted(hint_for, old_d)
         if len(new.siblings) >= self.warn_siblings:
             log.warning("key %r has %d siblings (limit %d)", ref.key, len(new.siblings), self.max_siblings)
         return new
@@ -182,7 +184,12 @@ class LocalReplica:
             self._notify(ref, old_d, new_d)
         else:
             old_d, new_d = await self.storage.update("hints", hint_key(hint_for, ref.skey), apply, durable=durable)
+            self._hinted(hint_for, old_d)
         return old_d != new_d
+
+    def _hinted(self, target: str, old_digest: bytes | None) -> None:
+        if old_digest is None and self.on_new_hint is not None:
+            self.on_new_hint(target)
 
     async def merge_raw(self, skey: bytes, incoming: v.VersionSet, *, durable: bool = False) -> bool:
         """Merge by storage key (handoff and anti-entropy deal in storage keys)."""

@@ -1,0 +1,255 @@
+"""Pacing core of the anti-entropy worker: which (partition, peer) exchange to run next, and when.
+
+Pure: time comes in as a float argument (seconds, any monotonic origin), randomness from an injected
+``random.Random``. The asyncio worker loops on::
+
+    task = sched.poll(now)            # start it (or None)
+    ... sched.finished(task, now, outcome, keys_differing)
+    wake = sched.next_wakeup(now)     # sleep until then, or until an exchange finishes if None
+    granted = sched.grant_repairs(n, now); sched.repair_wait(n, now)   # pace the repair of found keys
+
+Policy:
+- Every (partition, peer) pair is due once per interval (per partition, default ``interval``). Both replicas
+  initiate, so a pair is compared about twice per interval in a healthy cluster; the first exchange of a
+  new pair is spread uniformly over one interval so a restart does not fire every exchange at once.
+- At most ``max_concurrent`` exchanges at a time, one per partition (two walks of one tree add load and
+  find the same keys) and at most ``max_per_peer`` per peer.
+- A peer whose exchange failed or that was unavailable is backed off exponentially with jitter (per peer,
+  since unavailability is a property of the node, not of one partition); a success resets it.
+- A token bucket of ``repair_rate`` keys/s (burst ``repair_burst``) paces repairs; while it is empty no new
+  exchange starts, since exchanges would only find more work than the node may do.
+- The most overdue pair goes first; ties by (partition, peer), so the schedule is deterministic.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+# Float slack: a driver that wakes exactly at next_wakeup() must find the token it waited for.
+_EPS = 1e-9
+
+
+class ExchangeOutcome(enum.Enum):
+    OK = "ok"
+    PEER_UNAVAILABLE = "peer_unavailable"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    interval: float = 600.0  # seconds between exchanges of one (partition, peer) pair
+    max_concurrent: int = 2
+    max_per_peer: int = 1
+    spread_first: bool = True  # first exchange of a new pair at a random time within one interval
+    jitter: float = 0.1  # each interval is scaled by uniform(1 - jitter, 1 + jitter)
+    retry_delay: float = 5.0  # a failed pair is retried no sooner than this (plus the peer's backoff)
+    backoff_initial: float = 5.0
+    backoff_factor: float = 2.0
+    backoff_max: float = 300.0
+    repair_rate: float = 500.0  # keys repaired per second
+    repair_burst: float = 5000.0  # token bucket capacity
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0 or self.max_concurrent < 1 or self.max_per_peer < 1:
+            raise ValueError("interval must be > 0 and concurrency limits >= 1")
+        if not 0 <= self.jitter < 1:
+            raise ValueError("jitter must be in [0, 1)")
+        if self.repair_rate <= 0 or self.repair_burst < 1:
+            raise ValueError("repair_rate must be > 0 and repair_burst >= 1")
+        if self.backoff_initial <= 0 or self.backoff_factor < 1 or self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff settings must satisfy 0 < initial <= max and factor >= 1")
+
+
+@dataclass(frozen=True)
+class ExchangeTask:
+    partition: int
+    peer: str
+    started_at: float
+
+
+@dataclass(frozen=True)
+class PairStatus:
+    partition: int
+    peer: str
+    next_due: float
+    last_finished: float | None
+    last_outcome: ExchangeOutcome | None
+    last_keys_differing: int
+    running: bool
+
+
+class TokenBucket:
+    """Classic token bucket; starts full. Pure: refills from the ``now`` it is given."""
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self._tokens = capacity
+        self._last = now
+
+    def _refill(self, now: float) -> None:
+        if now > self._last:
+            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+
+    def available(self, now: float) -> float:
+        self._refill(now)
+        return self._tokens
+
+    def take(self, n: int, now: float) -> int:
+        """Take up to ``n`` whole tokens; returns how many were granted."""
+        self._refill(now)
+        granted = max(0, min(n, math.floor(self._tokens + _EPS)))
+        self._tokens = max(0.0, self._tokens - granted)
+        return granted
+
+    def wait(self, n: float, now: float) -> float:
+        """Seconds until ``n`` tokens (capped at capacity) are available; 0 if they are now."""
+        self._refill(now)
+        missing = min(n, self.capacity) - self._tokens
+        return 0.0 if missing <= _EPS else missing / self.rate
+
+
+class _Pair:
+    __slots__ = ("due", "last_finished", "last_outcome", "last_keys")
+
+    def __init__(self, due: float) -> None:
+        self.due = due
+        self.last_finished: float | None = None
+        self.last_outcome: ExchangeOutcome | None = None
+        self.last_keys = 0
+
+
+class ExchangeScheduler:
+    def __init__(self, config: SchedulerConfig, rng: random.Random, now: float) -> None:
+        self.config = config
+        self._rng = rng
+        self._pairs: dict[tuple[int, str], _Pair] = {}
+        self._intervals: dict[int, float] = {}
+        self._running: dict[tuple[int, str], ExchangeTask] = {}
+        self._peer_failures: dict[str, int] = {}
+        self._peer_backoff_until: dict[str, float] = {}
+        self._bucket = TokenBucket(config.repair_rate, config.repair_burst, now)
+
+    # -- inputs -------------------------------------------------------------------------------------
+
+    def set_partitions(
+        self,
+        peers: Mapping[int, Sequence[str]],
+        now: float,
+        intervals: Mapping[int, float] | None = None,
+    ) -> None:
+        """The partitions this node replicates and, for each, the other replicas (called on ring change).
+
+        Known pairs keep their schedule; new pairs are scheduled; pairs no longer listed are dropped
+        (a running exchange of a dropped pair may still finish and is then ignored).
+        """
+        self._intervals = {p: v for p, v in (intervals or {}).items() if v > 0}
+        wanted = {(p, peer) for p, ps in peers.items() for peer in ps}
+        for key in list(self._pairs):
+            if key not in wanted:
+                del self._pairs[key]
+        for key in sorted(wanted):
+            if key not in self._pairs:
+                delay = self._rng.uniform(0, self._interval(key[0])) if self.config.spread_first else 0.0
+                self._pairs[key] = _Pair(now + delay)
+
+    def finished(
+        self, task: ExchangeTask, now: float, outcome: ExchangeOutcome, keys_differing: int = 0
+    ) -> None:
+        key = (task.partition, task.peer)
+        if self._running.get(key) is task:
+            del self._running[key]
+        if outcome is ExchangeOutcome.OK:
+            self._peer_failures.pop(task.peer, None)
+            self._peer_backoff_until.pop(task.peer, None)
+        else:
+            failures = self._peer_failures.get(task.peer, 0) + 1
+            self._peer_failures[task.peer] = failures
+            c = self.config
+            backoff = min(c.backoff_max, c.backoff_initial * c.backoff_factor ** (failures - 1))
+            backoff *= self._rng.uniform(0.5, 1.0)  # jitter: peers coming back are not hit in lockstep
+            self._peer_backoff_until[task.peer] = now + backoff
+        pair = self._pairs.get(key)
+        if pair is None:
+            return
+        pair.last_finished = now
+        pair.last_outcome = outcome
+        pair.last_keys = keys_differing
+        if outcome is ExchangeOutcome.OK:
+            j = self.config.jitter
+            pair.due = now + self._interval(task.partition) * self._rng.uniform(1 - j, 1 + j)
+        else:
+            pair.due = now + self.config.retry_delay
+
+    # -- decisions ----------------------------------------------------------------------------------
+
+    def poll(self, now: float) -> ExchangeTask | None:
+        """The exchange to start now, marked running; None if nothing is due or allowed."""
+        if len(self._running) >= self.config.max_concurrent or self._bucket.available(now) < 1 - _EPS:
+            return None
+        best: tuple[float, int, str] | None = None
+        for (p, peer), start in self._candidates():
+            if start is not None and start <= now and (best is None or (start, p, peer) < best):
+                best = (start, p, peer)
+        if best is None:
+            return None
+        task = ExchangeTask(best[1], best[2], now)
+        self._running[(task.partition, task.peer)] = task
+        return task
+
+    def next_wakeup(self, now: float) -> float | None:
+        """Earliest time ``poll`` may return a task. None: nothing can start until an exchange finishes
+        or the partitions change."""
+        if len(self._running) >= self.config.max_concurrent:
+            return None
+        starts = [start for _, start in self._candidates()]
+        if not starts:
+            return None
+        return max(min(starts), now + self._bucket.wait(1, now))
+
+    def grant_repairs(self, n: int, now: float) -> int:
+        """How many of ``n`` keys may be repaired now (consumes that many tokens)."""
+        return self._bucket.take(n, now)
+
+    def repair_wait(self, n: int, now: float) -> float:
+        """Seconds until ``n`` repairs (at most one burst) would be granted."""
+        return self._bucket.wait(n, now)
+
+    # -- observation --------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> tuple[ExchangeTask, ...]:
+        return tuple(self._running.values())
+
+    def peer_backoff_until(self, peer: str) -> float | None:
+        return self._peer_backoff_until.get(peer)
+
+    def status(self) -> list[PairStatus]:
+        return [
+            PairStatus(p, peer, s.due, s.last_finished, s.last_outcome, s.last_keys, (p, peer) in self._running)
+            for (p, peer), s in sorted(self._pairs.items())
+        ]
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _interval(self, partition: int) -> float:
+        return self._intervals.get(partition, self.config.interval)
+
+    def _candidates(self) -> list[tuple[tuple[int, str], float]]:
+        """Pairs not blocked by a running exchange, with the earliest time each could start."""
+        busy_partitions = {t.partition for t in self._running.values()}
+        peer_load: dict[str, int] = {}
+        for t in self._running.values():
+            peer_load[t.peer] = peer_load.get(t.peer, 0) + 1
+        out = []
+        for (p, peer), pair in self._pairs.items():
+            if p in busy_partitions or peer_load.get(peer, 0) >= self.config.max_per_peer:
+                continue
+            out.append(((p, peer), max(pair.due, self._peer_backoff_until.get(peer, pair.due))))
+        return out

@@ -1,0 +1,158 @@
+"""Throughput and tail latency of a local 3-node cluster under wrk, side by side with the etcd anchor.
+
+    .venv/bin/python bench/throughput.py [--duration 10] [--connections 32] [--threads 2] [--no-etcd]
+
+Starts `dynamostore cluster --nodes 3` (N=3, R=W=2) in a temporary directory, preloads the 10,000 keys,
+then runs wrk with the same settings as ../shared/anchors (random 100-byte puts, random gets, 10k keys,
+-t2 -c32) against node n1; then, unless --no-etcd, starts the 3-member etcd anchor and runs its scripts
+with the same wrk settings. Prints one table with throughput, p50, p99 and the ratios.
+Needs wrk and etcd from Debian's packages (apt-get install -y wrk etcd-server etcd-client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+ANCHORS = ROOT.parent / "shared" / "anchors"
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    def ms(text: str) -> float:
+        m = re.match(r"([\d.]+)(us|ms|s)", text)
+        assert m, text
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    res: dict[str, float] = {}
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    res["rps"] = float(rps.group(1)) if rps else 0.0
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
+        res[f"p{pct}"] = ms(m.group(1)) if m else float("nan")
+    errs = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    res["non2xx"] = float(errs.group(1)) if errs else 0.0
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["sock_errors"] = float(sum(int(x) for x in sock.groups())) if sock else 0.0
+    return res
+
+
+def wrk(url: str, script: Path, args: argparse.Namespace) -> dict[str, float]:
+    cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
+           "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    if args.verbose:
+        print(out)
+    return parse_wrk(out)
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer within {timeout}s")
+
+
+def preload(base: str) -> None:
+    """Write each of the 10k keys once (so gets find values), 64 at a time."""
+    import asyncio
+
+    import aiohttp
+
+    async def go() -> None:
+        sem = asyncio.Semaphore(64)
+        async with aiohttp.ClientSession() as s:
+            async def one(i: int) -> None:
+                async with sem, s.put(f"{base}/kv/key{i:08d}", data=b"v" * 100) as r:
+                    assert r.status == 204, r.status
+
+            await asyncio.gather(*(one(i) for i in range(1, 10001)))
+
+    asyncio.run(go())
+
+
+def bench_dynamostore(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    d = Path(tempfile.mkdtemp(prefix="ds-bench-"))
+    port = args.base_port
+    settings = d / "settings.toml"
+    settings.write_text("log_level = \"WARNING\"\n")
+    proc = subprocess.Popen(
+        [str(ROOT / ".venv/bin/dynamostore"), "cluster", "--nodes", "3", "--data-dir", str(d / "data"),
+         "--base-port", str(port), "--settings", str(settings)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        for k in range(3):
+            wait_http(f"http://127.0.0.1:{port + k}/health")
+        base = f"http://127.0.0.1:{port}"
+        time.sleep(1.0)  # let heartbeats settle so no request is routed around a node still starting
+        preload(base)
+        res = {"put": wrk(base, HERE / "wrk/ds_put.lua", args), "get": wrk(base, HERE / "wrk/ds_get.lua", args)}
+        return res
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def bench_etcd(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    d = Path(tempfile.mkdtemp(prefix="etcd-bench-"))
+    subprocess.run(["bash", str(ANCHORS / "etcd_cluster.sh"), str(d)], check=True, capture_output=True)
+    try:
+        url = "http://127.0.0.1:22379"
+        return {"put": wrk(url, ANCHORS / "etcd_put.lua", args), "get": wrk(url, ANCHORS / "etcd_get.lua", args)}
+    finally:
+        pids = (d / "pids").read_text().split()
+        for p in pids:
+            try:
+                os.kill(int(p), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--base-port", type=int, default=18101)
+    ap.add_argument("--no-etcd", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    ds = bench_dynamostore(args)
+    etcd = None if args.no_etcd else bench_etcd(args)
+    print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration}s, 100-byte values, 10k keys, node 1 of 3")
+    print(f"{'system':<22}{'op':<5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name, res in [("dynamostore N3 R2 W2", ds)] + ([("etcd 3 members", etcd)] if etcd else []):
+        for op in ("put", "get"):
+            r = res[op]
+            print(f"{name:<22}{op:<5}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['non2xx'] + r['sock_errors']:>8.0f}")
+    if etcd:
+        for op in ("put", "get"):
+            print(f"ratio {op}: throughput x{ds[op]['rps'] / etcd[op]['rps']:.2f}, "
+                  f"p99 {ds[op]['p99']:.2f} ms vs {etcd[op]['p99']:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
