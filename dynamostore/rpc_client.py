@@ -152,6 +152,12 @@ class RpcClient:
             raise RpcTimeout(f"connect to {addr[0]}:{addr[1]}: call timed out while connecting") from None
         except RpcError as exc:
             raise _copy(exc) from None  # the attempt's exception is shared by all its waiters
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if self._closed and (me is None or me.cancelling() == 0):
+                # close() cancelled the shared attempt; this caller was not cancelled itself.
+                raise RpcUnavailable("client closed") from None
+            raise
 
     def _connect_done(self, addr: Addr, task: asyncio.Task[_ClientConn]) -> None:
         if self._connecting.get(addr) is task:
@@ -216,7 +222,6 @@ class _ClientConn(asyncio.Protocol):
         self.snonce = b""
         self.peer_id = ""
         self.closed = False
-        self.close_reason: RpcError | None = None
 
     # -- hot path -----------------------------------------------------------------------
 
@@ -248,20 +253,24 @@ class _ClientConn(asyncio.Protocol):
             return
         msgs, err = self.decoder.feed(data)
         pending = self.pending
-        for msg in msgs:
-            kind = msg[0]
-            if kind == w.OK and len(msg) == 3:
-                fut = pending.pop(msg[1], None)  # None: the call timed out, drop the late answer
-                if fut is not None and not fut.done():
-                    fut.set_result(msg[2])
-            elif kind == w.ERR and len(msg) == 4:
-                fut = pending.pop(msg[1], None)
-                if fut is not None and not fut.done():
-                    fut.set_exception(RpcRemoteError(str(msg[2]), str(msg[3])))
-            else:
-                self._control(msg)
-                if self.closed:
-                    return
+        try:
+            for msg in msgs:
+                kind = msg[0]
+                if kind == w.OK and len(msg) == 3:
+                    fut = pending.pop(msg[1], None)  # None: the call timed out, drop the late answer
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg[2])
+                elif kind == w.ERR and len(msg) == 4:
+                    fut = pending.pop(msg[1], None)
+                    if fut is not None and not fut.done():
+                        fut.set_exception(RpcRemoteError(str(msg[2]), str(msg[3])))
+                else:
+                    self._control(msg)
+                    if self.closed:
+                        return
+        except TypeError:  # e.g. an unhashable request id from a broken peer
+            self.close(RpcUnavailable(f"malformed answer from {self.addr[0]}:{self.addr[1]}"))
+            return
         if err is not None:
             self.close(RpcUnavailable(f"bad frame from {self.addr[0]}:{self.addr[1]}: {err}"))
 
@@ -276,7 +285,7 @@ class _ClientConn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
             return
-        reason = self.close_reason or RpcUnavailable(
+        reason = RpcUnavailable(
             f"connection to {self.addr[0]}:{self.addr[1]} lost" + (f": {exc}" if exc else "")
         )
         self._shutdown(reason)
@@ -311,7 +320,6 @@ class _ClientConn(asyncio.Protocol):
 
     def close(self, reason: RpcError) -> None:
         if not self.closed:
-            self.close_reason = reason
             self._shutdown(reason)
             if self.transport is not None:
                 self.transport.close()

@@ -234,6 +234,8 @@ class _ServerConn(asyncio.Protocol):
             self.srv.stats["auth_failures"] += 1
             log.warning("rpc request before authentication from %s", self.peer_addr)
             self._fatal(w.CODE_AUTH, "not authenticated")
+        elif self.state == _READY and kind == w.REQ:
+            self._bad(w.CODE_BAD_FRAME, "malformed request: want [REQ, int id, str method, payload]")
         else:
             self._bad(w.CODE_BAD_FRAME, f"unexpected message type {kind!r} in this state")
 
