@@ -5,9 +5,10 @@ survives `kill -9` of the process, but is not fsynced. A durable transaction (`b
 periodic `sync()` call mdb_env_sync(force) to put everything committed so far on disk. (LMDB documents that an
 OS crash under NOSYNC may lose or corrupt the unsynced tail; the periodic sync bounds that window.)
 
-Reads are MVCC snapshots that never wait on the writer and cost ~1-2 us (measured in docs/storage.md), so
-`reads_on_loop` is True. writemap is off: with it a full disk turns into SIGBUS on a page fault instead of an
-error from write(), and a stray pointer write could scribble on the map (measured trade-off in docs/storage.md).
+Reads are MVCC snapshots that never wait on the writer and cost ~3 us (measured in docs/storage.md), so
+`reads_on_loop` is True. writemap is off by default: with it a full disk turns into SIGBUS on a page fault
+instead of an error from write(), and a stray pointer write could scribble on the map (measured trade-off in
+docs/storage.md).
 """
 
 from __future__ import annotations
@@ -53,11 +54,11 @@ class LmdbEngine:
     name = "lmdb"
     reads_on_loop = True
 
-    def __init__(self, path: pathlib.Path, *, map_size: int) -> None:
+    def __init__(self, path: pathlib.Path, *, map_size: int, writemap: bool = False) -> None:
         self.path = path
         self.env = lmdb.open(
             str(path), map_size=map_size, subdir=True, max_dbs=len(NAMESPACES), max_readers=_MAX_READERS,
-            sync=False, metasync=False, writemap=False, readahead=False, meminit=False, lock=True,
+            sync=False, metasync=False, writemap=writemap, readahead=False, meminit=False, lock=True,
         )
         try:
             self.env.reader_check()     # free reader slots left by a process that was killed mid-read

@@ -40,7 +40,11 @@ class SqliteWriteTxn:
         self._durable = durable
         if durable:
             conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._restore()
+            raise
 
     def get(self, ns: Namespace, key: bytes) -> bytes | None:
         row = self._conn.execute(f"SELECT v FROM {ns} WHERE k = ?", (key,)).fetchone()
