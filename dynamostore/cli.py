@@ -19,11 +19,12 @@ from dynamostore.config import ConfigError
 DEFAULT_URL = os.environ.get("DYNAMOSTORE_URL", "http://127.0.0.1:8001")
 
 
-def _run_node(config: Path, node_id: str) -> int:
+def _run_node(args: argparse.Namespace) -> int:
     from dynamostore.config import load_node_config
     from dynamostore.node import Node
 
-    cfg = load_node_config(config, node_id)
+    node_id = args.id
+    cfg = load_node_config(args.config, node_id, http_port=args.http_port, rpc_port=args.rpc_port, host=args.host)
     logging.basicConfig(
         level=cfg.file.log_level,
         format=f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s",
@@ -133,13 +134,66 @@ def _status(args: argparse.Namespace) -> int:
     console = Console()
     ring = doc["ring"]
     console.print(f"[bold]{doc['node']}[/bold]  ring epoch {ring['epoch']}, Q={ring['partitions']}, N={ring['n_val']}")
-    t = Table("member", "http", "status", "up (this node's view)", "hints pending")
+    t = Table("member", "http", "status", "up (this node's view)", "hints held here")
     pending = doc.get("handoff", {}).get("pending", {})
     for m in doc["members"]:
         live = m["liveness"]
         t.add_row(m["id"], m["http"], m["status"], "yes" if live.get("up") else "[red]no[/red]",
                   str(pending.get(m["id"], 0)))
     console.print(t)
+    return 0
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        doc: dict[str, Any] = json.loads(r.read())
+        return doc
+
+
+def _admin(args: argparse.Namespace) -> int:
+    base = args.url.rstrip("/")
+    body: dict[str, Any] | None = None
+    if args.op in ("join", "replace"):
+        if not args.new:
+            print(f"dynamostore admin {args.op}: --new URL of the new node is required", file=sys.stderr)
+            return 2
+        try:
+            st = _get_json(args.new.rstrip("/") + "/status")
+        except OSError as exc:
+            print(f"cannot reach the new node at {args.new}: {exc}", file=sys.stderr)
+            return 1
+        me = next(m for m in st["members"] if m["id"] == st["node"])
+        http_host, http_port = me["http"].rsplit(":", 1)
+        rpc_host, rpc_port = me["rpc"].rsplit(":", 1)
+        member = {"id": st["node"], "http_host": http_host, "http_port": int(http_port),
+                  "rpc_host": rpc_host, "rpc_port": int(rpc_port)}
+        body = member if args.op == "join" else {"old": args.node, "new": member}
+    elif args.op in ("leave", "remove"):
+        if not args.node:
+            print(f"dynamostore admin {args.op}: the node id is required", file=sys.stderr)
+            return 2
+        body = {"id": args.node}
+    elif args.op in ("commit", "clear"):
+        body = {}
+    method = "GET" if body is None else "POST"
+    data = None if body is None else json.dumps(body).encode()
+    status, _, raw = _request(method, f"{base}/admin/{args.op}", data, {"Content-Type": "application/json"})
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = {"reason": raw.decode(errors="replace")}
+    if status != 200:
+        print(f"refused ({status}): {doc.get('reason', doc)}", file=sys.stderr)
+        return 1
+    if args.op == "plan":
+        print(f"epoch {doc['epoch']}; staged: {', '.join(c['change'] + ' ' + str(c.get('member') or c.get('id')) for c in doc['changes']) or 'nothing'}")
+        for src, targets in doc["moves"].items():
+            for dst, parts in targets.items():
+                print(f"  {src} -> {dst}: {len(parts)} partitions {parts}")
+        for e in doc["errors"]:
+            print(f"  cannot commit: {e}")
+        return 0 if not doc["errors"] else 1
+    print(json.dumps(doc.get("state", doc), indent=2))
     return 0
 
 
@@ -154,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("node", help="run one node of a cluster")
     n.add_argument("--config", type=Path, required=True, help="the cluster file (DIR/cluster.toml)")
     n.add_argument("--id", required=True, help="this node's id, e.g. n1")
+    n.add_argument("--http-port", type=int, help="for a new node joining a running cluster: its HTTP port")
+    n.add_argument("--rpc-port", type=int, help="for a new node joining a running cluster: its RPC port")
+    n.add_argument("--host", default="127.0.0.1", help="for a new node: the address it listens on")
+    a = sub.add_parser("admin", help="membership: join, leave, remove, replace, plan, commit, clear, members")
+    a.add_argument("op", choices=["members", "join", "leave", "remove", "replace", "plan", "commit", "clear"])
+    a.add_argument("node", nargs="?", help="leave/remove: the node id; replace: the old node id")
+    a.add_argument("--url", default=DEFAULT_URL, help="any member of the cluster")
+    a.add_argument("--new", help="join/replace: the URL of the new node (it tells its id and addresses)")
     kv = sub.add_parser("kv", help="client: get, put or delete a key")
     kv.add_argument("op", choices=["get", "put", "delete"])
     kv.add_argument("key")
@@ -169,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="operator view of a node")
     s.add_argument("--url", default=DEFAULT_URL)
     s.add_argument("--json", action="store_true")
+    from dynamostore.bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return p
 
 
@@ -180,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_cluster(args.nodes, args.data_dir, args.base_port, args.settings)
         if args.cmd == "node":
-            return _run_node(args.config, args.id)
+            return _run_node(args)
         if args.cmd == "kv":
             if args.op == "put" and args.value is None:
                 print("dynamostore kv put: a value is required ('-' reads stdin)", file=sys.stderr)
@@ -188,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
             return _kv(args)
         if args.cmd == "status":
             return _status(args)
+        if args.cmd == "admin":
+            return _admin(args)
+        if args.cmd == "bench":
+            from dynamostore.bench.cli import run as run_bench
+
+            return run_bench(args)
     except ConfigError as exc:
         print(f"dynamostore: {exc}", file=sys.stderr)
         return 2

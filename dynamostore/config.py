@@ -55,6 +55,9 @@ class QuorumSettings(_Strict):
     sloppy: bool = Field(default=True, description="count hinted fallbacks toward quorums by default")
     timeout_ms: int = Field(default=2000, ge=10, le=120_000, description="default request timeout")
     repair_wait_ms: int = Field(default=500, ge=0, description="how long a read waits for stragglers to repair them")
+    read_all: bool = Field(
+        default=False, description="ask all N replicas on every read (Riak) instead of R, plus more on failure"
+    )
     replica_timeout_ms: int = Field(
         default=300, ge=1, description="a replica slower than this is replaced by a fallback (sloppy writes)"
     )
@@ -83,11 +86,27 @@ class AntiEntropySettings(_Strict):
     concurrency: int = Field(default=1, ge=1)
     max_keys_per_sec: int = Field(default=5000, ge=1, description="repair throttle")
     tombstone_grace_s: float = Field(default=3600.0, ge=0, description="keep tombstones at least this long")
+    sweep_interval_s: float = Field(
+        default=3600.0, gt=0, description="rescan every local partition this often: fixes drifted Merkle leaves, reaps tombstones"
+    )
+    scan_keys_per_sec: int = Field(default=10_000, ge=1, description="pace of tree builds and sweeps")
 
 
 class DetectorSettings(_Strict):
     heartbeat_ms: int = Field(default=200, ge=10)
     down_after_ms: int = Field(default=800, ge=50, description="no answer for this long: routed around")
+
+
+class RaftSettings(_Strict):
+    voters: int = Field(default=3, ge=1, le=7, description="Raft voters among the founding members; the rest learn")
+    tick_ms: int = Field(default=50, ge=5, le=1000, description="Raft logical clock tick")
+    election_ticks: int = Field(default=10, ge=3, le=100, description="election timeout in ticks (randomized x1-2)")
+    compact_every: int = Field(default=1000, ge=10, description="snapshot and compact the log every N entries")
+
+
+class TransferSettings(_Strict):
+    keys_per_sec: int = Field(default=20_000, ge=1, description="ownership transfer stream throttle, per node")
+    batch_keys: int = Field(default=500, ge=1, description="keys per transfer batch")
 
 
 class StorageSettings(_Strict):
@@ -103,6 +122,8 @@ class NodeSettings(_Strict):
     antientropy: AntiEntropySettings = AntiEntropySettings()
     detector: DetectorSettings = DetectorSettings()
     storage: StorageSettings = StorageSettings()
+    raft: RaftSettings = RaftSettings()
+    transfer: TransferSettings = TransferSettings()
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     testing_faults: bool = Field(default=False, description="allow fault injection (bench/tests only)")
 
@@ -127,6 +148,7 @@ class NodeConfig(_Strict):
     file: ClusterFile
     node_id: str
     data_dir: Path
+    joining: Member | None = None  # set for a node that is not a founding member (it joins a running cluster)
 
     @field_validator("node_id")
     @classmethod
@@ -135,7 +157,13 @@ class NodeConfig(_Strict):
 
     @property
     def me(self) -> Member:
+        if self.joining is not None:
+            return self.joining
         return next(m for m in self.file.cluster.members if m.id == self.node_id)
+
+    @property
+    def founder(self) -> bool:
+        return self.joining is None
 
     @property
     def cluster(self) -> ClusterSettings:
@@ -178,14 +206,28 @@ def load_cluster_file(path: Path) -> ClusterFile:
         raise ConfigError(_describe(exc, str(path))) from exc
 
 
-def load_node_config(path: Path, node_id: str) -> NodeConfig:
+def load_node_config(
+    path: Path, node_id: str, *, http_port: int | None = None, rpc_port: int | None = None, host: str = "127.0.0.1"
+) -> NodeConfig:
+    """The config of one node. A node that is not a founding member of the file's cluster (one that will
+    join a running cluster) must be given its ports."""
     cf = load_cluster_file(path)
     ids = [m.id for m in cf.cluster.members]
-    if node_id not in ids:
-        raise ConfigError(f"node id {node_id!r} is not a member of {path} (members: {', '.join(ids)})")
-    member = next(m for m in cf.cluster.members if m.id == node_id)
+    joining: Member | None = None
+    if node_id in ids:
+        member = next(m for m in cf.cluster.members if m.id == node_id)
+    elif http_port is None or rpc_port is None:
+        raise ConfigError(
+            f"node id {node_id!r} is not a founding member of {path} (members: {', '.join(ids)}); "
+            "to start a new node that will join the cluster, give --http-port and --rpc-port"
+        )
+    else:
+        try:
+            joining = member = Member(id=node_id, http_host=host, http_port=http_port, rpc_host=host, rpc_port=rpc_port)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, "command line")) from exc
     base = Path(cf.cluster.data_dir)
     if not base.is_absolute():
         base = (path.parent / base).resolve()
     data_dir = Path(member.data_dir) if member.data_dir else base / node_id
-    return NodeConfig(file=cf, node_id=node_id, data_dir=data_dir)
+    return NodeConfig(file=cf, node_id=node_id, data_dir=data_dir, joining=joining)

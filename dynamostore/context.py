@@ -1,7 +1,8 @@
 """The X-Context token: an opaque, tamper-evident encoding of a causal context (a version vector).
 
-The token is `base64url(msgpack(clock)) "." base64url(mac)`, the MAC an HMAC-SHA256 (truncated to 16 bytes)
-keyed by a key derived from the cluster secret over the key name and the clock. Binding the key name means
+The token is `base64url(msgpack(clock)) "." base64url(mac)`, the MAC a keyed BLAKE2b-128 (a MAC by design,
+faster than HMAC-SHA256 on every request) with a key derived from the cluster secret, over the key name and
+the clock. Binding the key name means
 a context read from one key cannot be replayed on another; any bit flip fails verification.
 """
 
@@ -35,7 +36,7 @@ class ContextCodec:
         self._key = hashlib.sha256(b"dynamostore-context\x00" + cluster_secret).digest()
 
     def _mac(self, key: bytes, body: bytes) -> bytes:
-        return hmac.new(self._key, len(key).to_bytes(4, "big") + key + body, hashlib.sha256).digest()[:16]
+        return hashlib.blake2b(len(key).to_bytes(4, "big") + key + body, key=self._key, digest_size=16).digest()
 
     def encode(self, key: bytes, clock: Clock) -> str:
         body = msgpack.packb(sorted(clock.items()))

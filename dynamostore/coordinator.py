@@ -88,11 +88,13 @@ class ClusterView(Protocol):
     n_val: int
     repair_wait: float
     replica_timeout: float
+    read_all: bool
 
     @property
     def ring(self) -> Ring: ...
     def up_set(self) -> set[str]: ...
     def may_hint(self, primary: str) -> bool: ...
+    def extra_targets(self, partition: int) -> tuple[str, ...]: ...
     async def call(self, node: str, method: str, payload: Any, timeout: float) -> Any: ...
     def spawn(self, coro: Awaitable[None], name: str) -> None: ...
 
@@ -104,9 +106,12 @@ def _retrieve(f: asyncio.Future[Any]) -> None:
         f.exception()
 
 
-def _quiet(calls: dict[asyncio.Future[Any], Target]) -> None:
-    for f in calls:
-        f.add_done_callback(_retrieve)
+def _unreachable(name: str, n: int, pn: int, targets: list[Target], spares: list[str]) -> str:
+    up = len(targets) + len(spares)
+    primaries = sum(1 for t in targets if t.is_primary)
+    need = f"{name}={n}" + (f", p{name}={pn}" if pn else "")
+    return (f"not enough replicas: required {need}, but only {up} replicas of this key are reachable "
+            f"({primaries} of them primary)")
 
 
 def _reason(exc: BaseException) -> str:
@@ -147,7 +152,7 @@ class Coordinator:
         pw = opts.pw if opts.sloppy else max(opts.pw, opts.w)
         tally = PutTally(w=opts.w, dw=opts.dw, pw=pw, targets=len(targets) + len(spares))
         if tally.impossible():
-            raise Unavailable(tally.outcome().reason + " (too few replicas reachable)")
+            raise Unavailable(_unreachable("w", opts.w, pw, targets, spares))
         tally.targets = len(targets)
         durable = opts.dw > 0
         state = await self.replica.coordinate(
@@ -179,6 +184,12 @@ class Coordinator:
         for t in targets:
             if t is not me:
                 send(t)
+        # A partition moving to a new owner: the write reaches it too, without counting toward W (it does
+        # not serve reads for the partition until its stream is done).
+        for extra in self.view.extra_targets(ref.partition):
+            if all(extra != t.node for t in targets):
+                f = asyncio.ensure_future(self.view.call(extra, "kv.put", [key, raw, durable, None], opts.timeout))
+                f.add_done_callback(_retrieve)
         soft = loop.time() + min(self.view.replica_timeout, opts.timeout / 2)
         timed_out = await self._collect(calls, set(), deadline, tally.done, answer, soft, replace)
         out = tally.outcome(timed_out)
@@ -231,6 +242,12 @@ class Coordinator:
     # --- reads ---------------------------------------------------------------------------------------
 
     async def get(self, key: bytes, opts: ReadOptions) -> GetResult:
+        """Ask R replicas (this node first when it holds one), more only when one fails or is slow.
+
+        Asking all N for every read, as Riak does, costs a third more replica work at R=2 for a little more
+        read repair; anti-entropy repairs what reads don't see (Cassandra makes the same trade).
+        `quorum.read_all = true` restores ask-all.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + opts.timeout
         ref = self.replica.ref(key)
@@ -238,25 +255,40 @@ class Coordinator:
         pr = opts.pr if opts.sloppy else max(opts.pr, opts.r)
         tally = GetTally(r=opts.r, pr=pr, targets=len(targets))
         if tally.impossible():
-            raise Unavailable(tally.outcome().reason + f" (only {len(targets)} replicas reachable)")
+            raise Unavailable(_unreachable("r", opts.r, pr, targets, []))
+        me = self.view.node_id
+        order = sorted(targets, key=lambda t: t.node != me)  # stable: apl order otherwise
+        first = len(order) if (self.view.read_all or pr > 0) else opts.r
+        reserve = order[first:]
+        tally.reserve = len(reserve)
         calls: dict[asyncio.Future[Any], Target] = {}
-        for t in targets:
-            if t.node == self.view.node_id:
+
+        def ask(t: Target) -> None:
+            if t.node == me:
                 fut: asyncio.Future[Any] = asyncio.ensure_future(self.replica.get(ref, t.hint_for))
             else:
                 fut = asyncio.ensure_future(self.view.call(t.node, "kv.get", [key, t.hint_for], opts.timeout))
+            fut.add_done_callback(_retrieve)
             calls[fut] = t
+
+        def ask_another(_: Target) -> None:
+            if reserve and not tally.satisfied():
+                tally.reserve -= 1
+                ask(reserve.pop(0))
 
         def answer(t: Target, res: Any, exc: BaseException | None) -> None:
             if exc is not None:
                 tally.add_error(t.node, _reason(exc))
+                ask_another(t)
                 return
             state = res if (res is None or isinstance(res, v.VersionSet)) else v.decode(res)
             tally.add_reply(Reply(t.node, t.is_primary, state))
 
-        _quiet(calls)
+        for t in order[:first]:
+            ask(t)
         seen: set[asyncio.Future[Any]] = set()
-        timed_out = await self._collect(calls, seen, deadline, tally.done, answer)
+        soft = loop.time() + min(self.view.replica_timeout, opts.timeout / 2)
+        timed_out = await self._collect(calls, seen, deadline, tally.done, answer, soft, ask_another)
         out = tally.outcome(timed_out)
         if not out.ok:
             raise Unavailable(out.reason)

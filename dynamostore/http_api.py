@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import MultipartWriter, web
 
 from dynamostore import versioning as v
+from dynamostore.admin_api import AdminError, add_admin_routes
 from dynamostore.context import ContextCodec, InvalidContext
 from dynamostore.coordinator import ForwardError, ReadOptions, Unavailable, WriteOptions
 from dynamostore.openapi import spec
@@ -168,9 +169,7 @@ class Api:
             return _too_large(request.content_length, limit)
         opts = self._write_opts(request)
         ctx = self._context(request, key)
-        body = await _read_body(request, limit)
-        if body is None:
-            return _too_large(None, limit)
+        body = await request.read()  # capped by client_max_size: a longer chunked body answers 413
         ctype = request.headers.get("Content-Type", "application/octet-stream")
         return await self._write(request, key, body, ctype, ctx, opts)
 
@@ -213,6 +212,23 @@ class Api:
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(spec(self.n, self.limits.max_value_bytes, self.limits.max_key_bytes))
 
+    async def debug_delay(self, request: web.Request) -> web.Response:
+        """Fault injection for benchmarks and tests: delay this node's internal messages to one peer.
+
+        Only with `testing_faults = true` in the settings; a production node answers 404."""
+        if not self.node.config.file.testing_faults:
+            return error(404, "not_found", "fault injection is disabled (set testing_faults = true)")
+        try:
+            doc = await request.json()
+            peer, ms = str(doc["peer"]), float(doc["ms"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadRequest('expected JSON {"peer": "<node id>", "ms": <delay>}') from exc
+        if peer not in self.node.members or not 0 <= ms <= 60_000:
+            raise BadRequest(f"unknown peer {peer!r} or delay out of range (0..60000 ms)")
+        m = self.node.members[peer]
+        self.node.rpc_client.set_delay((m.rpc_host, m.rpc_port), ms / 1000)
+        return web.json_response({"peer": peer, "ms": ms})
+
     async def empty_key(self, request: web.Request) -> web.Response:
         return error(400, "bad_request", "the key is empty: use /kv/{key}")
 
@@ -220,18 +236,6 @@ class Api:
 def _too_large(size: int | None, limit: int) -> web.Response:
     got = f"{size} bytes" if size is not None else "a larger body"
     return error(413, "value_too_large", f"the value is {got}, over the limit of {limit} bytes", limit=limit)
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """Read at most `limit` bytes; None if the body is longer (chunked uploads have no Content-Length)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -243,14 +247,18 @@ def build_app(node: Node) -> web.Application:
 
     @web.middleware
     async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-        op = request.method if request.path.startswith("/kv") else request.path
+        op = request.method if request.path.startswith("/kv") else request.path.split("/")[1]
         start = time.perf_counter()
         try:
             resp = await handler(request)
         except BadRequest as exc:
             resp = error(400, "bad_request", str(exc))
+        except AdminError as exc:
+            resp = error(exc.status, "refused" if exc.status == 409 else "admin", str(exc))
         except Unavailable as exc:
             resp = error(503, "unavailable", str(exc))
+        except web.HTTPRequestEntityTooLarge:
+            resp = _too_large(None, node.config.file.limits.max_value_bytes)
         except web.HTTPException as exc:
             resp = error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
         except Exception:  # noqa: BLE001 - a bug must answer 500 with JSON and keep the node serving
@@ -261,8 +269,7 @@ def build_app(node: Node) -> web.Application:
             metrics.latency.labels(op).observe(time.perf_counter() - start)
         return resp
 
-    # Bodies are read by _read_body with the configured limit; aiohttp's own cap must not cut in first.
-    app = web.Application(middlewares=[errors_and_metrics], client_max_size=node.config.file.limits.max_value_bytes + 1)
+    app = web.Application(middlewares=[errors_and_metrics], client_max_size=node.config.file.limits.max_value_bytes)
     app.router.add_get("/kv/{key:.+}", api.get)
     app.router.add_put("/kv/{key:.+}", api.put)
     app.router.add_post("/kv/{key:.+}", api.put)
@@ -273,4 +280,6 @@ def build_app(node: Node) -> web.Application:
     app.router.add_get("/status", api.status)
     app.router.add_get("/metrics", api.metrics)
     app.router.add_get("/openapi.json", api.openapi)
+    app.router.add_post("/debug/delay", api.debug_delay)
+    add_admin_routes(app, node)
     return app

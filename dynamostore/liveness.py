@@ -33,6 +33,13 @@ class Detector:
         self.down_after = down_after
         self.peers: dict[str, PeerState] = {p: PeerState(last_ok=now, changed_at=now) for p in peers}
 
+    def add_peer(self, peer: str, now: float) -> bool:
+        """Start tracking a peer (a member that joined); True if it is new."""
+        if peer in self.peers:
+            return False
+        self.peers[peer] = PeerState(last_ok=now, changed_at=now)
+        return True
+
     def _set(self, peer: str, up: bool, now: float) -> bool:
         st = self.peers[peer]
         if st.up == up:
@@ -104,16 +111,22 @@ class Heartbeater:
         self.interval = interval
         self.is_hard = is_hard
         self.on_up = on_up
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
         # One loop per peer, so a peer that hangs until the probe times out delays nobody else's probe.
-        self._tasks = [asyncio.create_task(self._run(p), name=f"heartbeat-{p}") for p in self.detector.peers]
+        for p in self.detector.peers:
+            self.watch(p)
+
+    def watch(self, peer: str) -> None:
+        """Probe a peer (also one added to the detector after start())."""
+        if peer not in self._tasks:
+            self._tasks[peer] = asyncio.create_task(self._run(peer), name=f"heartbeat-{peer}")
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        for t in self._tasks.values():
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def _one(self, peer: str) -> None:
         loop = asyncio.get_running_loop()

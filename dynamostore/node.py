@@ -17,14 +17,18 @@ from aiohttp import web
 from prometheus_client.core import Metric
 
 from dynamostore import versioning as v
+from dynamostore.antientropy_worker import AntiEntropyWorker
 from dynamostore.config import NodeConfig
 from dynamostore.coordinator import Coordinator, ForwardError, Unavailable, WriteOptions
 from dynamostore.handoff_worker import HandoffWorker
+from dynamostore.membership_node import MembershipService
+from dynamostore.transfer_worker import TransferWorker
 from dynamostore.liveness import Detector, Heartbeater
 from dynamostore.metrics import NodeMetrics, gauge
 from dynamostore.replica import LocalReplica, SiblingLimitError
 from dynamostore.rpc import RpcClient, RpcRemoteError, RpcRouter, RpcServer, RpcTimeout, RpcUnavailable
 from dynamostore.storage import Storage
+from ring.membership import MembershipState, pending_write_targets
 from ring.placement import Ring, initial_ring
 
 log = logging.getLogger(__name__)
@@ -41,9 +45,14 @@ class Node:
         self.n_val = config.cluster.n_val
         self.repair_wait = config.file.quorum.repair_wait_ms / 1000
         self.replica_timeout = config.file.quorum.replica_timeout_ms / 1000
-        self.members = {m.id: m for m in config.cluster.members}
-        self._ring = initial_ring(list(self.members), config.cluster.partitions)
-        self.ring_epoch = 1
+        self.read_all = config.file.quorum.read_all
+        # addresses of every member; replaced by the replicated membership as it changes
+        self.members: dict[str, Any] = {m.id: m for m in config.cluster.members}
+        self.members[self.node_id] = config.me
+        founders = [m.id for m in config.cluster.members]
+        self._ring: Ring | None = initial_ring(founders, config.cluster.partitions) if config.founder else None
+        self.ring_epoch = 1 if config.founder else 0
+        self.membership_state: MembershipState | None = None
         self.metrics = NodeMetrics(self.node_id)
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -58,12 +67,40 @@ class Node:
         self.http_runner: web.AppRunner | None = None
         self.services: list[Any] = []  # background workers with start()/stop()/status()/gauges()/peer_up()
         self.handoff: HandoffWorker
+        self.antientropy: AntiEntropyWorker
+        self.membership: MembershipService
+        self.transfers: TransferWorker
 
     # --- ClusterView (what the coordinator needs) ------------------------------------------------------
 
     @property
     def ring(self) -> Ring:
+        if self._ring is None:
+            raise Unavailable(f"{self.node_id} is not a member of the cluster yet (waiting to join)")
         return self._ring
+
+    def extra_targets(self, partition: int) -> tuple[str, ...]:
+        """New owners that must also receive writes for this key partition while it moves to them."""
+        st = self.membership_state
+        return pending_write_targets(st, partition) if st is not None and st.transfers else ()
+
+    def on_membership(self, state: MembershipState) -> None:
+        """Apply a new committed membership: ring, epoch, member addresses, peers to watch."""
+        loop = asyncio.get_running_loop()
+        self.membership_state = state
+        self._ring = state.ring
+        self.n_val = state.n_val
+        if state.epoch != self.ring_epoch:
+            log.info("ring epoch %d -> %d", self.ring_epoch, state.epoch)
+        self.ring_epoch = state.epoch
+        for mid, info in state.members.items():
+            self.members[mid] = info
+            if mid != self.node_id and self.detector.add_peer(mid, loop.time()):
+                self.heartbeater.watch(mid)
+        for s in self.services:
+            hook = getattr(s, "ring_changed", None)
+            if hook:
+                hook(state)
 
     def up_set(self) -> set[str]:
         return self.detector.up_set(self.node_id)
@@ -126,16 +163,15 @@ class Node:
         )
         self.coordinator = Coordinator(self, self.replica)
         self.handoff = HandoffWorker(self, cfg.file.handoff)
-        self.services = [self.handoff]
+        self.antientropy = AntiEntropyWorker(self, cfg.file.antientropy)
+        self.membership = MembershipService(self, cfg.file.raft)
+        self.transfers = TransferWorker(self, cfg.file.transfer)
+        # membership first: replaying its log sets the ring the others work with
+        self.services = [self.membership, self.handoff, self.antientropy, self.transfers]
         loop = asyncio.get_running_loop()
         peers = [m for m in self.members if m != self.node_id]
         det = cfg.file.detector
         self.detector = Detector(peers, det.down_after_ms / 1000, loop.time())
-        self._register_rpc()
-        for s in self.services:  # before the RPC server, so their methods are there for the first peer
-            await s.start()
-        self.rpc_server = RpcServer(self.node_id, cfg.secret, self.router, host=me.rpc_host, port=me.rpc_port)
-        await self.rpc_server.start()
         self.heartbeater = Heartbeater(
             self.detector,
             self._probe,
@@ -143,6 +179,11 @@ class Node:
             is_hard=lambda e: isinstance(e, RpcUnavailable),
             on_up=self._peer_up,
         )
+        self._register_rpc()
+        for s in self.services:  # before the RPC server, so their methods are there for the first peer
+            await s.start()
+        self.rpc_server = RpcServer(self.node_id, cfg.secret, self.router, host=me.rpc_host, port=me.rpc_port)
+        await self.rpc_server.start()
         self.heartbeater.start()
         self.metrics.add_gauges(self._gauges)
         from dynamostore.http_api import build_app  # the HTTP layer depends on the node, not the reverse
@@ -229,18 +270,23 @@ class Node:
         loop = asyncio.get_running_loop()
         members = []
         view = self.detector.view(loop.time())
-        for mid, m in self.members.items():
-            entry: dict[str, Any] = {"id": mid, "http": f"{m.http_host}:{m.http_port}", "status": "active"}
-            entry["liveness"] = {"up": True, "self": True} if mid == self.node_id else view[mid]
+        st = self.membership.state
+        for mid, m in sorted(self.members.items()):
+            status = st.members[mid].status.value if mid in st.members else "standby"
+            entry: dict[str, Any] = {"id": mid, "http": f"{m.http_host}:{m.http_port}",
+                                     "rpc": f"{m.rpc_host}:{m.rpc_port}", "status": status}
+            entry["liveness"] = {"up": True, "self": True} if mid == self.node_id else view.get(mid, {"up": False})
             members.append(entry)
+        ring = self._ring
         out: dict[str, Any] = {
             "node": self.node_id,
             "uptime_s": round(time.time() - self.started_at, 1),
             "ring": {
                 "epoch": self.ring_epoch,
-                "partitions": self._ring.num_partitions,
+                "partitions": ring.num_partitions if ring else 0,
                 "n_val": self.n_val,
-                "owned": [p for p, o in enumerate(self._ring.owners) if o == self.node_id],
+                "owned": [p for p, o in enumerate(ring.owners) if o == self.node_id] if ring else [],
+                "owners": list(ring.owners) if ring else [],
             },
             "members": members,
             "storage": self.storage.stats(),

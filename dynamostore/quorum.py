@@ -117,7 +117,8 @@ class GetTally:
 
     r: int
     pr: int
-    targets: int
+    targets: int  # every replica that may be asked, including the `reserve` not asked yet
+    reserve: int = 0  # replicas held back, asked only if one asked fails or is slow
     replies: list[Reply] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
 
@@ -145,7 +146,8 @@ class GetTally:
         return self.satisfied() or self.impossible()
 
     def all_in(self) -> bool:
-        return self.pending == 0
+        """Every replica that was asked has answered."""
+        return self.pending - self.reserve == 0
 
     def merged(self) -> VersionSet | None:
         return sync_all(r.state for r in self.replies)

@@ -12,25 +12,7 @@ from __future__ import annotations
 from collections.abc import Container
 from dataclasses import dataclass, field
 
-
-@dataclass
-class TokenBucket:
-    """Allows `rate` units per second with bursts up to `burst`."""
-
-    rate: float
-    burst: float
-    tokens: float = 0.0
-    last: float | None = None
-
-    def take(self, want: int, now: float) -> int:
-        if self.last is None:
-            self.tokens = self.burst
-        else:
-            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        granted = int(min(want, self.tokens))
-        self.tokens -= granted
-        return granted
+from handoff.transfer import Throttle
 
 
 @dataclass
@@ -52,10 +34,10 @@ class HandoffPlanner:
     backoff_max: float = 10.0
     targets: dict[str, TargetProgress] = field(default_factory=dict)
     in_flight: set[str] = field(default_factory=set)
-    bucket: TokenBucket = field(init=False)
+    bucket: Throttle = field(init=False)
 
     def __post_init__(self) -> None:
-        self.bucket = TokenBucket(self.rate_per_sec, max(self.rate_per_sec, float(self.batch_size)))
+        self.bucket = Throttle(self.rate_per_sec, max(self.rate_per_sec, float(self.batch_size)))
 
     def progress(self, target: str) -> TargetProgress:
         return self.targets.setdefault(target, TargetProgress())
@@ -83,7 +65,8 @@ class HandoffPlanner:
 
     def allowance(self, now: float) -> int:
         """How many hints the rate limit lets the next batch carry (0: wait)."""
-        return self.bucket.take(self.batch_size, now)
+        self.bucket, granted = self.bucket.take(self.batch_size, now)
+        return granted
 
     def delivered(self, target: str, n: int, now: float) -> None:
         p = self.progress(target)

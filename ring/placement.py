@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Container, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from ring.hashing import key_hash, partition_of
@@ -44,6 +44,11 @@ class Ring:
     """Ownership of Q equal partitions. `owners[p]` owns partition p."""
 
     owners: tuple[str, ...]
+    # walk() of every partition, computed once: preference lists are asked for on every request
+    _walks: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False, default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_walks", tuple(self._compute_walk(p) for p in range(len(self.owners))))
 
     @property
     def num_partitions(self) -> int:
@@ -58,18 +63,21 @@ class Ring:
 
     def walk(self, partition: int) -> list[str]:
         """Every distinct owner, in clockwise order starting at `partition`."""
+        return list(self._walks[partition])
+
+    def _compute_walk(self, partition: int) -> tuple[str, ...]:
         seen: list[str] = []
         q = len(self.owners)
         for i in range(q):
             node = self.owners[(partition + i) % q]
             if node not in seen:
                 seen.append(node)
-        return seen
+        return tuple(seen)
 
     def preference_list(self, partition: int, n: int) -> tuple[list[str], list[str]]:
         """(primaries, fallbacks) for a partition, ignoring liveness."""
-        nodes = self.walk(partition)
-        return nodes[:n], nodes[n:]
+        nodes = self._walks[partition]
+        return list(nodes[:n]), list(nodes[n:])
 
     def partitions_of(self, node: str, n: int) -> list[int]:
         """Partitions for which `node` is one of the N primaries."""

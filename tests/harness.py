@@ -34,11 +34,13 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def free_base_port(nodes: int) -> int:
+def free_base_port(nodes: int, spare: int = 3) -> int:
+    """A base port with room for `nodes` founders and `spare` nodes that may join later."""
     rng = random.Random(os.getpid() ^ time.monotonic_ns())
     for _ in range(200):
         base = rng.randrange(20000, 40000)
-        ports = [base + k for k in range(nodes)] + [base + RPC_PORT_OFFSET + k for k in range(nodes)]
+        total = nodes + spare
+        ports = [base + k for k in range(total)] + [base + RPC_PORT_OFFSET + k for k in range(total)]
         if all(_port_free(p) for p in ports):
             return base
     raise RuntimeError("no free port range found")
@@ -77,18 +79,23 @@ class Cluster:
     def ids(self) -> list[str]:
         return [f"n{k}" for k in range(1, self.nodes + 1)]
 
+    def http_port(self, nid: str) -> int:
+        return self.base_port + int(nid[1:]) - 1
+
     def url(self, nid: str) -> str:
-        return f"http://127.0.0.1:{self.base_port + int(nid[1:]) - 1}"
+        return f"http://127.0.0.1:{self.http_port(nid)}"
 
     def rpc_port(self, nid: str) -> int:
         return self.base_port + int(nid[1:]) - 1 + RPC_PORT_OFFSET
 
     def start(self, nid: str) -> None:
+        """Start (or restart) node nK. Nodes past the founding N are new nodes that will join: they get
+        their ports on the command line, following the same numbering."""
         log = open(self.root / f"{nid}.log", "ab")
-        self.procs[nid] = subprocess.Popen(
-            [sys.executable, "-m", "dynamostore", "node", "--config", str(self.config), "--id", nid],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
+        cmd = [sys.executable, "-m", "dynamostore", "node", "--config", str(self.config), "--id", nid]
+        if int(nid[1:]) > self.nodes:
+            cmd += ["--http-port", str(self.http_port(nid)), "--rpc-port", str(self.rpc_port(nid))]
+        self.procs[nid] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self, nid: str, sig: int = signal.SIGKILL) -> None:
         p = self.procs[nid]
@@ -142,6 +149,15 @@ class Cluster:
             for b in self.ids:
                 if a != b:
                     await wait_for(lambda a=a, b=b: self.sees(a, b, True), 10, f"{a} to see {b} up")
+
+    async def admin(self, nid: str, op: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        s = await self.http()
+        method = "GET" if body is None else "POST"
+        async with s.request(method, f"{self.url(nid)}/admin/{op}", json=body) as r:
+            return r.status, await r.json()
+
+    def member_doc(self, nid: str) -> dict[str, Any]:
+        return {"id": nid, "http_port": self.http_port(nid), "rpc_port": self.rpc_port(nid)}
 
     async def close(self) -> None:
         for p in self.procs.values():

@@ -46,7 +46,7 @@ def test_bad_config_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         bad.write_text("[[[")
         load_cluster_file(bad)
-    with pytest.raises(ConfigError, match="not a member"):
+    with pytest.raises(ConfigError, match="not a founding member"):
         load_node_config(CONFIG / "local-3.toml", "n9")
 
 

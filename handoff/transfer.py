@@ -1,0 +1,229 @@
+"""Ownership transfer planning (pure): what a node streams or receives when ring slots change owner.
+
+A ``Transfer(partition=slot, source, target)`` of the membership state (ring/membership.py) makes
+``target`` a primary of every key partition listed by ``gained_key_partitions`` (the slot itself and the key
+partitions just before it whose N primaries reach the slot). Each of those key partitions is one
+``Stream``: its data, a contiguous storage-key range (``storage.partition_prefix``), is copied from a node
+that holds it: the transfer's source when that is one of the key partition's primaries, otherwise (the
+old owner is being removed as dead) the first surviving primary. A node sends the streams whose source
+is itself and receives the transfers whose target is itself.
+
+Resumability: a ``Cursor`` per stream records the last storage key the *receiver* has durably written.
+The receiver persists it (``encode_cursor`` under ``cursor_key`` in its "meta" namespace) after each
+batch; a (re)starting sender asks the receiver for it and continues after ``last_key``, so a crash of
+either side loses at most one unacknowledged batch, which is re-sent (writes are idempotent merges).
+A cursor from an older plan epoch is obsolete.
+
+Pacing: ``Throttle`` is an immutable token bucket (keys per second, time passed in) that sizes each batch.
+Completion: when every stream of a transfer is done the receiver proposes ``done_command(...)``; ownership
+moves only when that entry is applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import msgpack
+
+from ring import membership
+from ring.membership import MembershipState, Transfer, TransferDone
+
+CURSOR_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """Copy key partition ``key_partition`` from ``source`` to the transfer's target."""
+
+    key_partition: int
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferPlan:
+    transfer: Transfer
+    plan_epoch: int
+    streams: tuple[Stream, ...]
+
+
+def gained_key_partitions(state: MembershipState, t: Transfer) -> tuple[int, ...]:
+    """Key partitions whose primaries gain ``t.target`` when slot ``t.partition`` moves to it."""
+    ring = state.ring
+    assert ring is not None, "not bootstrapped"
+    return tuple(membership.gained_key_partitions(ring, state.n_val, t))
+
+
+def plan_transfer(state: MembershipState, t: Transfer) -> TransferPlan:
+    """The streams of one pending transfer against the current ring (deterministic)."""
+    ring = state.ring
+    assert ring is not None, "not bootstrapped"
+    streams: list[Stream] = []
+    for k in gained_key_partitions(state, t):
+        primaries = ring.walk(k)[: state.n_val]
+        if t.source in primaries and t.source not in state.down:
+            src: str | None = t.source
+        else:
+            src = next((p for p in primaries if p not in state.down and p != t.target), None)
+        if src is not None:  # no surviving replica: nothing to copy (the plan refuses that case upfront)
+            streams.append(Stream(k, src))
+    return TransferPlan(t, state.plan_epoch, tuple(streams))
+
+
+def outgoing(state: MembershipState, me: str) -> list[tuple[TransferPlan, Stream]]:
+    """Streams this node must send now, in a stable order."""
+    out: list[tuple[TransferPlan, Stream]] = []
+    for t in state.transfers:
+        tp = plan_transfer(state, t)
+        out.extend((tp, s) for s in tp.streams if s.source == me)
+    return out
+
+
+def incoming(state: MembershipState, me: str) -> list[TransferPlan]:
+    """Transfers whose target is this node (it tracks their completion and proposes TransferDone)."""
+    return [plan_transfer(state, t) for t in state.transfers if t.target == me]
+
+
+# ---- cursors -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    plan_epoch: int
+    slot: int
+    target: str
+    key_partition: int
+    last_key: bytes | None = None  # last storage key durably written at the target; None: start
+    keys: int = 0  # keys received so far (for progress reports)
+    done: bool = False
+
+    def advance(self, last_key: bytes, count: int) -> Cursor:
+        if self.done:
+            raise ValueError("stream already finished")
+        if self.last_key is not None and last_key <= self.last_key:
+            raise ValueError("a cursor only moves forward")
+        return replace(self, last_key=last_key, keys=self.keys + count)
+
+    def finish(self) -> Cursor:
+        return replace(self, done=True)
+
+
+def new_cursor(tp: TransferPlan, stream: Stream) -> Cursor:
+    return Cursor(tp.plan_epoch, tp.transfer.partition, tp.transfer.target, stream.key_partition)
+
+
+def cursor_key(tp: TransferPlan, stream: Stream) -> bytes:
+    """Meta-namespace key of a stream's cursor (one per plan epoch, slot, target and key partition)."""
+    t = tp.transfer
+    return f"transfer/{tp.plan_epoch}/{t.partition}/{t.target}/{stream.key_partition}".encode()
+
+
+def encode_cursor(c: Cursor) -> bytes:
+    return bytes(
+        msgpack.packb([CURSOR_VERSION, c.plan_epoch, c.slot, c.target, c.key_partition, c.last_key, c.keys, c.done])
+    )
+
+
+def decode_cursor(data: bytes) -> Cursor:
+    try:
+        v, epoch, slot, target, kp, last, keys, done = msgpack.unpackb(data)
+    except Exception as e:  # msgpack's many error types, or the wrong shape
+        raise ValueError(f"not a transfer cursor: {e}") from e
+    if v != CURSOR_VERSION:
+        raise ValueError(f"cursor version {v!r} is not {CURSOR_VERSION}")
+    return Cursor(int(epoch), int(slot), str(target), int(kp), None if last is None else bytes(last), int(keys), bool(done))
+
+
+def resume(tp: TransferPlan, stream: Stream, saved: Cursor | None) -> Cursor:
+    """The cursor to continue from: the saved one if it belongs to this plan and stream, else a fresh one."""
+    fresh = new_cursor(tp, stream)
+    if saved is None:
+        return fresh
+    same = (saved.plan_epoch, saved.slot, saved.target, saved.key_partition) == (
+        fresh.plan_epoch,
+        fresh.slot,
+        fresh.target,
+        fresh.key_partition,
+    )
+    return saved if same else fresh
+
+
+def start_after(c: Cursor) -> bytes | None:
+    """Exclusive lower bound for the sender's next scan (None: from the start of the key partition)."""
+    return c.last_key
+
+
+# ---- completion --------------------------------------------------------------------------------------------
+
+
+def transfer_complete(tp: TransferPlan, cursors: Mapping[int, Cursor]) -> bool:
+    """Every stream of the transfer finished (cursors by key partition, of this plan epoch)."""
+    for s in tp.streams:
+        c = cursors.get(s.key_partition)
+        if c is None or not c.done or c.plan_epoch != tp.plan_epoch:
+            return False
+    return True
+
+
+def done_command(tp: TransferPlan) -> TransferDone:
+    t = tp.transfer
+    return TransferDone(t.partition, t.source, t.target, tp.plan_epoch)
+
+
+def still_pending(state: MembershipState, tp: TransferPlan) -> bool:
+    """Whether the transfer is still part of the current plan (else stop streaming it)."""
+    return state.plan_epoch == tp.plan_epoch and tp.transfer in state.transfers
+
+
+# ---- pacing ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """Token bucket: ``rate`` keys per second (<= 0: unlimited), bursts up to ``burst``. Immutable."""
+
+    rate: float
+    burst: float
+    tokens: float = 0.0
+    last: float | None = None
+
+    def _refill(self, now: float) -> float:
+        if self.last is None:
+            return self.burst
+        return min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
+
+    def take(self, want: int, now: float) -> tuple[Throttle, int]:
+        """Grant up to ``want`` keys now; returns the new bucket and the grant (0: wait ``wait_time``)."""
+        if self.rate <= 0:
+            return self, want
+        tokens = self._refill(now)
+        granted = int(min(want, tokens))
+        return replace(self, tokens=tokens - granted, last=now), granted
+
+    def wait_time(self, want: int, now: float) -> float:
+        """Seconds until ``min(want, burst)`` keys can be granted."""
+        if self.rate <= 0:
+            return 0.0
+        need = min(float(want), self.burst) - self._refill(now)
+        return max(0.0, need / self.rate)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    max_keys: int = 500
+    max_bytes: int = 4 << 20
+
+    def cut(self, sizes: list[int]) -> int:
+        """How many of the next items (their encoded sizes, in scan order) go in one batch: at least one,
+        so a single oversized value still moves."""
+        total = 0
+        for n, size in enumerate(sizes[: self.max_keys]):
+            if n > 0 and total + size > self.max_bytes:
+                return n
+            total += size
+        return min(len(sizes), self.max_keys)
+
+
+def next_batch(throttle: Throttle, policy: BatchPolicy, now: float) -> tuple[Throttle, int]:
+    """How many keys the sender may read for its next batch right now (0: sleep ``wait_time`` first)."""
+    return throttle.take(policy.max_keys, now)
