@@ -80,6 +80,18 @@ class PartitionTrees:
 
     # -- deltas ---------------------------------------------------------------------------------------
 
+    def set_partitions(self, partitions: Iterable[int]) -> list[int]:
+        """The ring changed: keep trees for exactly `partitions`. Returns the new ones (not built yet)."""
+        wanted = set(partitions)
+        for p in set(self.trees) - wanted:
+            del self.trees[p]
+            self.built.discard(p)
+            self.counts.pop(p, None)
+        new = sorted(wanted - set(self.trees))
+        for p in new:
+            self.trees[p] = MerkleTree(self.segments)
+        return new
+
     def on_change(self, partition: int, segment: int, key: bytes, old: bytes | None, new: bytes | None) -> None:
         """The replica's change hook: O(1) leaf update, plus bookkeeping for scans in progress."""
         tree = self.trees.get(partition)

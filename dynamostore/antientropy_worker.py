@@ -53,6 +53,8 @@ from dynamostore.ae_trees import PartitionTrees
 from dynamostore.config import AntiEntropySettings
 from dynamostore.metrics import gauge
 from dynamostore.rpc import RpcRemoteError, RpcTimeout, RpcUnavailable
+from ring.membership import MembershipState
+from ring.placement import Ring
 
 if TYPE_CHECKING:
     from dynamostore.node import Node
@@ -99,16 +101,13 @@ class AntiEntropyWorker:
     def __init__(self, node: Node, settings: AntiEntropySettings) -> None:
         self.node = node
         self.settings = settings
-        ring = node._ring  # None on a node that has not joined yet: no partitions to keep trees for
-        self.partitions = ring.partitions_of(node.node_id, node.n_val) if ring is not None else []
-        self.peers_of = {
-            p: tuple(m for m in ring.preference_list(p, node.n_val)[0] if m != node.node_id)
-            for p in self.partitions
-        } if ring is not None else {}
+        self.partitions: list[int] = []
+        self.peers_of: dict[int, tuple[str, ...]] = {}
+        self.stats: dict[int, PartitionStats] = {}
+        self._place(node._ring)  # None on a node that has not joined yet: no partitions to keep trees for
         self.trees: PartitionTrees
         self.reaper: TombstoneReaper
         self.sched: ExchangeScheduler
-        self.stats = {p: PartitionStats() for p in self.partitions}
         self.totals = Totals()
         self.snapshot_loaded = 0
         self.built_in_s: float | None = None
@@ -157,6 +156,26 @@ class AntiEntropyWorker:
     def peer_up(self, peer: str) -> None:
         self._kick.set()
 
+    def _place(self, ring: Ring | None) -> None:
+        """Which partitions this node replicates under `ring`, and with whom."""
+        node = self.node
+        self.partitions = ring.partitions_of(node.node_id, node.n_val) if ring is not None else []
+        self.peers_of = {
+            p: tuple(m for m in ring.preference_list(p, node.n_val)[0] if m != node.node_id)
+            for p in self.partitions
+        } if ring is not None else {}
+        self.stats = {p: self.stats.get(p, PartitionStats()) for p in self.partitions}
+
+    def ring_changed(self, state: MembershipState) -> None:
+        """A committed membership change: follow the partitions this node now replicates."""
+        self._place(state.ring)
+        if not self.settings.enabled or not hasattr(self, "sched"):
+            return
+        new = self.trees.set_partitions(self.partitions)
+        if new:
+            self._spawn(self._sweep(new), "ae-build-new-partitions")
+        self._kick.set()
+
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
@@ -182,6 +201,8 @@ class AntiEntropyWorker:
 
     async def _sweep(self, partitions: Iterable[int]) -> None:
         for p in partitions:
+            if p not in self.trees.trees:
+                continue  # the ring moved it away from this node meanwhile
             candidates: dict[int, dict[bytes, bytes]] = {}
             try:
                 await self.trees.verify_partition(p, self.reaper.collector(candidates))
@@ -189,7 +210,8 @@ class AntiEntropyWorker:
                 if candidates.get(p):
                     await self.reaper.reap(p, candidates[p])
             except Exception:  # noqa: BLE001 - this partition waits for the next sweep; the others go on
-                log.exception("anti-entropy sweep of partition %d failed", p)
+                if p in self.trees.trees:
+                    log.exception("anti-entropy sweep of partition %d failed", p)
 
     # --- initiator ------------------------------------------------------------------------------------
 
@@ -268,7 +290,7 @@ class AntiEntropyWorker:
         keys = result.differing_keys
         if keys:
             await self._repair(partition, peer, result)
-        st = self.stats[partition]
+        st = self.stats.setdefault(partition, PartitionStats())  # the ring may have moved it meanwhile
         st.last_exchange, st.last_peer, st.last_differing = time.time(), peer, len(keys)
         st.exchanges += 1
         self.totals.keys_differing += len(keys)
@@ -323,7 +345,7 @@ class AntiEntropyWorker:
             self.totals.repair_bytes_sent += size
             self.totals.repair_bytes_received += sum(len(k) + len(r) for k, r in got)
             await self._merge(partition, got)
-            self.stats[partition].pushed += int(changed_there)
+            self.stats.setdefault(partition, PartitionStats()).pushed += int(changed_there)
             self.totals.keys_pushed += int(changed_there)
 
     async def _take_tokens(self, n: int) -> None:
@@ -342,7 +364,7 @@ class AntiEntropyWorker:
         decoded = [v.decode(raw) for _, raw in states]
         changed = await asyncio.gather(*(replica.merge(ref, st, durable=False) for ref, st in zip(refs, decoded)))
         n = sum(1 for c in changed if c)
-        self.stats[partition].repairs += n
+        self.stats.setdefault(partition, PartitionStats()).repairs += n
         self.totals.keys_repaired += n
         self.node.metrics.ae_keys_repaired.inc(n)
         return n
@@ -404,7 +426,7 @@ class AntiEntropyWorker:
             if raw is not None:
                 out.append([key, raw])
         if push or out:
-            st = self.stats[partition]
+            st = self.stats.setdefault(partition, PartitionStats())
             st.last_exchange, st.last_peer = time.time(), peer
         return [changed, out]
 

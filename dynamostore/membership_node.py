@@ -154,7 +154,7 @@ class MembershipService:
         """The membership state as of now, linearizably (ReadIndex through the leader)."""
         try:
             await self.raft.read_barrier(timeout=timeout)
-        except RaftServiceError as exc:
+        except (RaftServiceError, RpcError) as exc:  # no leader, or the leader did not answer
             raise MembershipError(f"no linearizable read of the membership: {exc}") from exc
         return self.applied if self.applied.initialized else self.state
 

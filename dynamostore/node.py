@@ -195,16 +195,18 @@ class Node:
                  me.rpc_host, me.rpc_port)
 
     async def stop(self) -> None:
+        # Stop taking requests first (clients, then peers), so nothing changes the data after the
+        # services saved their state (anti-entropy trees), then the services, then storage.
         if self.http_runner:
             await self.http_runner.cleanup()
+        if self.rpc_server:
+            await self.rpc_server.stop()
         for s in reversed(self.services):
             await s.stop()
         await self.heartbeater.stop()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.rpc_server:
-            await self.rpc_server.stop()
         await self.rpc_client.close()
         await self.storage.close()
         log.info("node %s stopped", self.node_id)

@@ -17,7 +17,7 @@ from tests.history import History, Outcome, values_of
 pytestmark = pytest.mark.cluster
 
 STRICT_ALL = {"X-Read-Quorum": "all", "X-Sloppy-Quorum": "false", "Accept": "application/json"}
-SETTINGS = {"handoff": {"interval_ms": 100}, "antientropy": {"enabled": False}}
+SETTINGS = {"handoff": {"interval_ms": 100}, "antientropy": {"exchange_interval_s": 2.0}}
 
 
 class Writer:
