@@ -5,6 +5,7 @@ effect when committed; unsafe requests are refused with a reason (409) before or
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -92,33 +93,33 @@ class AdminApi:
             raise AdminError(409, res.reason)
         return web.json_response({"ok": True, "epoch": res.epoch, "state": describe(await self._state())})
 
-    async def members(self, request: web.Request) -> web.Response:
+    async def members(self, request: web.BaseRequest) -> web.Response:
         st = await self._state()
         return web.json_response({**describe(st), "raft": self.node.membership.raft.status()})
 
-    async def join(self, request: web.Request) -> web.Response:
+    async def join(self, request: web.BaseRequest) -> web.Response:
         m = _member(await _json(request))
         return await self._propose(StageJoin(m))
 
-    async def leave(self, request: web.Request) -> web.Response:
+    async def leave(self, request: web.BaseRequest) -> web.Response:
         return await self._propose(StageLeave(_id(await _json(request))))
 
-    async def remove(self, request: web.Request) -> web.Response:
+    async def remove(self, request: web.BaseRequest) -> web.Response:
         node_id = _id(await _json(request))
         if self.node.detector.is_up(node_id) and node_id in self.node.detector.peers:
             raise AdminError(409, f"{node_id} is up: use leave for a live node (remove is for a dead one)")
         return await self._propose(StageRemove(node_id))
 
-    async def replace(self, request: web.Request) -> web.Response:
+    async def replace(self, request: web.BaseRequest) -> web.Response:
         doc = await _json(request)
         old = str(doc.get("old", ""))
         dead = not (self.node.detector.is_up(old) and old in self.node.detector.peers)
         return await self._propose(StageReplace(old, _member(doc.get("new", {})), dead))
 
-    async def clear(self, request: web.Request) -> web.Response:
+    async def clear(self, request: web.BaseRequest) -> web.Response:
         return await self._propose(ClearStaged())
 
-    async def plan(self, request: web.Request) -> web.Response:
+    async def plan(self, request: web.BaseRequest) -> web.Response:
         st = await self._state()
         p = plan(st)
         return web.json_response({
@@ -142,7 +143,7 @@ class AdminApi:
                     pass
         return reachable
 
-    async def commit(self, request: web.Request) -> web.Response:
+    async def commit(self, request: web.BaseRequest) -> web.Response:
         st = await self._state()
         errors = validate_commit(st, await self._reachable(st))
         if errors:
@@ -150,7 +151,7 @@ class AdminApi:
         return await self._propose(Commit(st.epoch))
 
 
-async def _json(request: web.Request) -> Any:
+async def _json(request: web.BaseRequest) -> Any:
     try:
         return await request.json()
     except ValueError as exc:
@@ -163,13 +164,15 @@ def _id(doc: Any) -> str:
     return str(doc["id"])
 
 
-def add_admin_routes(app: web.Application, node: Node) -> None:
+def admin_routes(node: Node) -> dict[tuple[str, str], Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]]:
     api = AdminApi(node)
-    app.router.add_get("/admin/members", api.members)
-    app.router.add_get("/admin/plan", api.plan)
-    app.router.add_post("/admin/join", api.join)
-    app.router.add_post("/admin/leave", api.leave)
-    app.router.add_post("/admin/remove", api.remove)
-    app.router.add_post("/admin/replace", api.replace)
-    app.router.add_post("/admin/clear", api.clear)
-    app.router.add_post("/admin/commit", api.commit)
+    return {
+        ("GET", "/admin/members"): api.members,
+        ("GET", "/admin/plan"): api.plan,
+        ("POST", "/admin/join"): api.join,
+        ("POST", "/admin/leave"): api.leave,
+        ("POST", "/admin/remove"): api.remove,
+        ("POST", "/admin/replace"): api.replace,
+        ("POST", "/admin/clear"): api.clear,
+        ("POST", "/admin/commit"): api.commit,
+    }

@@ -96,6 +96,7 @@ class ClusterView(Protocol):
     def may_hint(self, primary: str) -> bool: ...
     def extra_targets(self, partition: int) -> tuple[str, ...]: ...
     async def call(self, node: str, method: str, payload: Any, timeout: float) -> Any: ...
+    def call_future(self, node: str, method: str, payload: Any, timeout: float) -> asyncio.Future[Any]: ...
     def spawn(self, coro: Awaitable[None], name: str) -> None: ...
 
 
@@ -163,7 +164,7 @@ class Coordinator:
         calls: dict[asyncio.Future[Any], Target] = {}
 
         def send(t: Target) -> None:
-            fut = asyncio.ensure_future(self.view.call(t.node, "kv.put", [key, raw, durable, t.hint_for], opts.timeout))
+            fut = self.view.call_future(t.node, "kv.put", [key, raw, durable, t.hint_for], opts.timeout)
             fut.add_done_callback(_retrieve)
             calls[fut] = t
 
@@ -188,7 +189,7 @@ class Coordinator:
         # not serve reads for the partition until its stream is done).
         for extra in self.view.extra_targets(ref.partition):
             if all(extra != t.node for t in targets):
-                f = asyncio.ensure_future(self.view.call(extra, "kv.put", [key, raw, durable, None], opts.timeout))
+                f = self.view.call_future(extra, "kv.put", [key, raw, durable, None], opts.timeout)
                 f.add_done_callback(_retrieve)
         soft = loop.time() + min(self.view.replica_timeout, opts.timeout / 2)
         timed_out = await self._collect(calls, set(), deadline, tally.done, answer, soft, replace)
@@ -267,9 +268,23 @@ class Coordinator:
             if t.node == me:
                 fut: asyncio.Future[Any] = asyncio.ensure_future(self.replica.get(ref, t.hint_for))
             else:
-                fut = asyncio.ensure_future(self.view.call(t.node, "kv.get", [key, t.hint_for], opts.timeout))
+                fut = self.view.call_future(t.node, "kv.get", [key, t.hint_for], opts.timeout)
             fut.add_done_callback(_retrieve)
             calls[fut] = t
+
+        async def ask_local_last(ts: list[Target]) -> None:
+            # Remote replicas first, so they work while this node reads its own copy (no task for it).
+            for t in ts:
+                if t.node != me:
+                    ask(t)
+            for t in ts:
+                if t.node == me:
+                    done: asyncio.Future[Any] = loop.create_future()
+                    try:
+                        done.set_result(await self.replica.get(ref, t.hint_for))
+                    except Exception as exc:  # noqa: BLE001 - reported to the tally like a replica error
+                        done.set_exception(exc)
+                    calls[done] = t
 
         def ask_another(_: Target) -> None:
             if reserve and not tally.satisfied():
@@ -284,8 +299,7 @@ class Coordinator:
             state = res if (res is None or isinstance(res, v.VersionSet)) else v.decode(res)
             tally.add_reply(Reply(t.node, t.is_primary, state))
 
-        for t in order[:first]:
-            ask(t)
+        await ask_local_last(order[:first])
         seen: set[asyncio.Future[Any]] = set()
         soft = loop.time() + min(self.view.replica_timeout, opts.timeout / 2)
         timed_out = await self._collect(calls, seen, deadline, tally.done, answer, soft, ask_another)

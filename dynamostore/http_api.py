@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import MultipartWriter, web
 
 from dynamostore import versioning as v
-from dynamostore.admin_api import AdminError, add_admin_routes
+from dynamostore.admin_api import AdminError, admin_routes
 from dynamostore.context import ContextCodec, InvalidContext
 from dynamostore.coordinator import ForwardError, ReadOptions, Unavailable, WriteOptions
 from dynamostore.openapi import spec
@@ -57,8 +57,8 @@ class Api:
 
     # --- request parsing ------------------------------------------------------------------------------
 
-    def _key(self, request: web.Request) -> bytes:
-        raw = request.match_info.get("key", "")
+    def _key(self, request: web.BaseRequest) -> bytes:
+        raw = request.path[4:] if request.path.startswith("/kv/") else ""
         if not raw:
             raise BadRequest("the key is empty")
         key = raw.encode("utf-8", "surrogateescape")
@@ -66,7 +66,7 @@ class Api:
             raise BadRequest(f"the key is {len(key)} bytes, longer than the limit of {self.limits.max_key_bytes}")
         return key
 
-    def _context(self, request: web.Request, key: bytes) -> dict[str, int]:
+    def _context(self, request: web.BaseRequest, key: bytes) -> dict[str, int]:
         token = request.headers.get("X-Context")
         if token is None or token.strip() == "":
             return {}
@@ -75,7 +75,7 @@ class Api:
         except InvalidContext as exc:
             raise BadRequest(str(exc)) from exc
 
-    def _quorum(self, request: web.Request, header: str, param: str, default: int) -> int:
+    def _quorum(self, request: web.BaseRequest, header: str, param: str, default: int) -> int:
         if header and header in request.headers:
             return self._level(request.headers[header], header)
         if param in request.query:
@@ -91,7 +91,7 @@ class Api:
             raise BadRequest(str(exc)) from exc
         return value
 
-    def _sloppy(self, request: web.Request) -> bool:
+    def _sloppy(self, request: web.BaseRequest) -> bool:
         raw = request.headers.get("X-Sloppy-Quorum")
         if raw is None:
             return self.q.sloppy
@@ -102,7 +102,7 @@ class Api:
             return False
         raise BadRequest(f"X-Sloppy-Quorum must be true or false (got {raw!r})")
 
-    def _timeout(self, request: web.Request) -> float:
+    def _timeout(self, request: web.BaseRequest) -> float:
         raw = request.headers.get("X-Timeout-Ms")
         if raw is None:
             return self.q.timeout_ms / 1000
@@ -110,7 +110,7 @@ class Api:
             raise BadRequest(f"X-Timeout-Ms must be an integer from 1 to 120000 (got {raw!r})")
         return int(raw) / 1000
 
-    def _write_opts(self, request: web.Request) -> WriteOptions:
+    def _write_opts(self, request: web.BaseRequest) -> WriteOptions:
         w = self._quorum(request, "X-Write-Quorum", "w", self.q.w)
         dw = self._quorum(request, "X-Durable-Writes", "dw", self.q.dw)
         pw = self._quorum(request, "", "pw", 0)
@@ -118,7 +118,7 @@ class Api:
             w = dw  # a durable ack is an ack: asking DW=3 with W=2 means three replicas must answer
         return WriteOptions(w=w, dw=dw, pw=pw, sloppy=self._sloppy(request), timeout=self._timeout(request))
 
-    def _read_opts(self, request: web.Request) -> ReadOptions:
+    def _read_opts(self, request: web.BaseRequest) -> ReadOptions:
         r = self._quorum(request, "X-Read-Quorum", "r", self.q.r)
         pr = self._quorum(request, "", "pr", 0)
         return ReadOptions(r=r, pr=pr, sloppy=self._sloppy(request), timeout=self._timeout(request))
@@ -126,7 +126,7 @@ class Api:
     # --- rendering ------------------------------------------------------------------------------------
 
     def _render_state(
-        self, request: web.Request, key: bytes, state: v.VersionSet | None, headers: dict[str, str]
+        self, request: web.BaseRequest, key: bytes, state: v.VersionSet | None, headers: dict[str, str]
     ) -> web.StreamResponse:
         if state is not None:
             headers["X-Context"] = self.codec.encode(key, state.clock)
@@ -155,14 +155,14 @@ class Api:
 
     # --- handlers -------------------------------------------------------------------------------------
 
-    async def get(self, request: web.Request) -> web.StreamResponse:
+    async def get(self, request: web.BaseRequest) -> web.StreamResponse:
         key = self._key(request)
         opts = self._read_opts(request)
         res = await self.node.coordinator.get(key, opts)
         headers = {"X-Coordinator": res.coordinator, "X-Replies": str(res.replies), "X-Hinted": str(res.hinted)}
         return self._render_state(request, key, res.state, headers)
 
-    async def put(self, request: web.Request) -> web.StreamResponse:
+    async def put(self, request: web.BaseRequest) -> web.StreamResponse:
         key = self._key(request)
         limit = self.limits.max_value_bytes
         if request.content_length is not None and request.content_length > limit:
@@ -173,14 +173,14 @@ class Api:
         ctype = request.headers.get("Content-Type", "application/octet-stream")
         return await self._write(request, key, body, ctype, ctx, opts)
 
-    async def delete(self, request: web.Request) -> web.StreamResponse:
+    async def delete(self, request: web.BaseRequest) -> web.StreamResponse:
         key = self._key(request)
         opts = self._write_opts(request)
         ctx = self._context(request, key)
         return await self._write(request, key, None, "", ctx, opts)
 
     async def _write(
-        self, request: web.Request, key: bytes, value: bytes | None, ctype: str, ctx: dict[str, int],
+        self, request: web.BaseRequest, key: bytes, value: bytes | None, ctype: str, ctx: dict[str, int],
         opts: WriteOptions,
     ) -> web.StreamResponse:
         try:
@@ -200,19 +200,19 @@ class Api:
             return self._render_state(request, key, res.state, headers)
         return web.Response(status=204, headers=headers)
 
-    async def health(self, request: web.Request) -> web.Response:
+    async def health(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok", "node": self.node.node_id})
 
-    async def status(self, request: web.Request) -> web.Response:
+    async def status(self, request: web.BaseRequest) -> web.Response:
         return web.json_response(self.node.status(), dumps=lambda o: json.dumps(o, default=str))
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self, request: web.BaseRequest) -> web.Response:
         return web.Response(body=self.node.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
-    async def openapi(self, request: web.Request) -> web.Response:
+    async def openapi(self, request: web.BaseRequest) -> web.Response:
         return web.json_response(spec(self.n, self.limits.max_value_bytes, self.limits.max_key_bytes))
 
-    async def debug_delay(self, request: web.Request) -> web.Response:
+    async def debug_delay(self, request: web.BaseRequest) -> web.Response:
         """Fault injection for benchmarks and tests: delay this node's internal messages to one peer.
 
         Only with `testing_faults = true` in the settings; a production node answers 404."""
@@ -229,7 +229,7 @@ class Api:
         self.node.rpc_client.set_delay((m.rpc_host, m.rpc_port), ms / 1000)
         return web.json_response({"peer": peer, "ms": ms})
 
-    async def empty_key(self, request: web.Request) -> web.Response:
+    async def empty_key(self, request: web.BaseRequest) -> web.Response:
         return error(400, "bad_request", "the key is empty: use /kv/{key}")
 
 
@@ -238,18 +238,47 @@ def _too_large(size: int | None, limit: int) -> web.Response:
     return error(413, "value_too_large", f"the value is {got}, over the limit of {limit} bytes", limit=limit)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-def build_app(node: Node) -> web.Application:
+def build_server(node: Node) -> web.Server:
+    """aiohttp's low-level server with a dispatch of our own: the data path skips the router and the
+    middleware chain of web.Application, measured at about a fifth of aiohttp's cost per request here."""
     api = Api(node)
     metrics = node.metrics
+    limit = node.config.file.limits.max_value_bytes
+    counters: dict[tuple[str, int], Any] = {}
+    latencies: dict[str, Any] = {}
+    kv: dict[str, Handler] = {"GET": api.get, "HEAD": api.get, "PUT": api.put, "POST": api.put,
+                              "DELETE": api.delete}
+    routes: dict[str, dict[str, Handler]] = {
+        "/health": {"GET": api.health},
+        "/status": {"GET": api.status},
+        "/metrics": {"GET": api.metrics},
+        "/openapi.json": {"GET": api.openapi},
+        "/debug/delay": {"POST": api.debug_delay},
+        "/kv": {m: api.empty_key for m in kv},
+        "/kv/": {m: api.empty_key for m in kv},
+    }
+    for (method, path), handler in admin_routes(node).items():
+        routes.setdefault(path, {})[method] = handler
 
-    @web.middleware
-    async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-        op = request.method if request.path.startswith("/kv") else request.path.split("/")[1]
+    async def not_found(request: web.BaseRequest) -> web.StreamResponse:
+        return error(404, "not_found", f"no such endpoint: {request.path}")
+
+    async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        is_kv = path.startswith("/kv/") and len(path) > 4
+        op = request.method if is_kv else path.split("/")[1]
         start = time.perf_counter()
         try:
+            methods = kv if is_kv else routes.get(path)
+            if methods is None:
+                handler: Handler = not_found
+            elif request.method in methods:
+                handler = methods[request.method]
+            else:
+                raise web.HTTPMethodNotAllowed(request.method, list(methods))
             resp = await handler(request)
         except BadRequest as exc:
             resp = error(400, "bad_request", str(exc))
@@ -258,28 +287,25 @@ def build_app(node: Node) -> web.Application:
         except Unavailable as exc:
             resp = error(503, "unavailable", str(exc))
         except web.HTTPRequestEntityTooLarge:
-            resp = _too_large(None, node.config.file.limits.max_value_bytes)
+            resp = _too_large(None, limit)
         except web.HTTPException as exc:
             resp = error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
         except Exception:  # noqa: BLE001 - a bug must answer 500 with JSON and keep the node serving
             log.exception("unhandled error for %s %s", request.method, request.path)
             resp = error(500, "internal", "internal error; see the node's log")
-        metrics.requests.labels(op, str(resp.status)).inc()
-        if request.path.startswith("/kv"):
-            metrics.latency.labels(op).observe(time.perf_counter() - start)
+        counter = counters.get((op, resp.status))
+        if counter is None:  # labels() costs a lock and a tuple hash per call: keep the children
+            counter = counters[(op, resp.status)] = metrics.requests.labels(op, str(resp.status))
+        counter.inc()
+        if is_kv:
+            hist = latencies.get(op)
+            if hist is None:
+                hist = latencies[op] = metrics.latency.labels(op)
+            hist.observe(time.perf_counter() - start)
         return resp
 
-    app = web.Application(middlewares=[errors_and_metrics], client_max_size=node.config.file.limits.max_value_bytes)
-    app.router.add_get("/kv/{key:.+}", api.get)
-    app.router.add_put("/kv/{key:.+}", api.put)
-    app.router.add_post("/kv/{key:.+}", api.put)
-    app.router.add_delete("/kv/{key:.+}", api.delete)
-    for path in ("/kv", "/kv/"):
-        app.router.add_route("*", path, api.empty_key)
-    app.router.add_get("/health", api.health)
-    app.router.add_get("/status", api.status)
-    app.router.add_get("/metrics", api.metrics)
-    app.router.add_get("/openapi.json", api.openapi)
-    app.router.add_post("/debug/delay", api.debug_delay)
-    add_admin_routes(app, node)
-    return app
+    def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        # Bodies are capped at the value limit: a longer (chunked) body raises HTTPRequestEntityTooLarge.
+        return web.BaseRequest(message, payload, protocol, writer, task, protocol._loop, client_max_size=limit)
+
+    return web.Server(dispatch, request_factory=make_request, access_log=None)

@@ -56,6 +56,7 @@ class Node:
         self.metrics = NodeMetrics(self.node_id)
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._call_counters: dict[tuple[str, str], Any] = {}
         self.storage: Storage
         self.replica: LocalReplica
         self.coordinator: Coordinator
@@ -64,7 +65,7 @@ class Node:
         self.rpc_server: RpcServer | None = None
         self.detector: Detector
         self.heartbeater: Heartbeater
-        self.http_runner: web.AppRunner | None = None
+        self.http_runner: web.ServerRunner | None = None
         self.services: list[Any] = []  # background workers with start()/stop()/status()/gauges()/peer_up()
         self.handoff: HandoffWorker
         self.antientropy: AntiEntropyWorker
@@ -115,20 +116,53 @@ class Node:
             res = await self.rpc_client.call((m.rpc_host, m.rpc_port), method, payload, timeout=timeout)
         except RpcUnavailable as exc:
             self.detector.failure(node, loop.time(), "unavailable", hard=True)
-            self.metrics.replica_calls.labels(method, "unavailable").inc()
+            self._count(method, "unavailable")
             raise exc
         except RpcTimeout as exc:
             self.detector.failure(node, loop.time(), "timeout", hard=False)
-            self.metrics.replica_calls.labels(method, "timeout").inc()
+            self._count(method, "timeout")
             raise exc
         except RpcRemoteError:
             self.detector.success(node, loop.time())
-            self.metrics.replica_calls.labels(method, "error").inc()
+            self._count(method, "error")
             raise
         if self.detector.success(node, loop.time()):
             self._peer_up(node)
-        self.metrics.replica_calls.labels(method, "ok").inc()
+        self._count(method, "ok")
         return res
+
+    def call_future(self, node: str, method: str, payload: Any, timeout: float) -> asyncio.Future[Any]:
+        """`call` as a future: on an open connection no task is created (the replica fan-out hot path)."""
+        m = self.members[node]
+        fut = self.rpc_client.call_nowait((m.rpc_host, m.rpc_port), method, payload, timeout=timeout)
+        if fut is None:
+            return asyncio.ensure_future(self.call(node, method, payload, timeout))
+        fut.add_done_callback(lambda f: self._observe(node, method, f))
+        return fut
+
+    def _count(self, method: str, outcome: str) -> None:
+        child = self._call_counters.get((method, outcome))
+        if child is None:
+            child = self._call_counters[(method, outcome)] = self.metrics.replica_calls.labels(method, outcome)
+        child.inc()
+
+    def _observe(self, node: str, method: str, f: asyncio.Future[Any]) -> None:
+        """Feed the outcome of a call made with call_future to the detector and the metrics."""
+        if f.cancelled():
+            return
+        exc = f.exception()
+        now = asyncio.get_running_loop().time()
+        if exc is None or isinstance(exc, RpcRemoteError):
+            if self.detector.success(node, now):
+                self._peer_up(node)
+            outcome = "ok" if exc is None else "error"
+        elif isinstance(exc, RpcUnavailable):
+            self.detector.failure(node, now, "unavailable", hard=True)
+            outcome = "unavailable"
+        else:
+            self.detector.failure(node, now, "timeout", hard=False)
+            outcome = "timeout"
+        self._count(method, outcome)
 
     def spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -186,9 +220,9 @@ class Node:
         await self.rpc_server.start()
         self.heartbeater.start()
         self.metrics.add_gauges(self._gauges)
-        from dynamostore.http_api import build_app  # the HTTP layer depends on the node, not the reverse
+        from dynamostore.http_api import build_server  # the HTTP layer depends on the node, not the reverse
 
-        self.http_runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+        self.http_runner = web.ServerRunner(build_server(self), handle_signals=False)
         await self.http_runner.setup()
         await web.TCPSite(self.http_runner, me.http_host, me.http_port, reuse_address=True).start()
         log.info("node %s serving http://%s:%d (rpc %s:%d)", self.node_id, me.http_host, me.http_port,

@@ -96,6 +96,29 @@ class RpcClient:
             pending.pop(rid, None)  # the caller was cancelled: forget the call
             raise
 
+    def call_nowait(self, addr: Addr, method: str, payload: Any, *, timeout: float) -> asyncio.Future[Any] | None:
+        """The hot path of `call` without a coroutine: when a connection to `addr` is open, send now and
+        return the future of the answer (same errors as `call`); None when a connect is needed first."""
+        conn = self._conns.get(addr)
+        if conn is None or conn.closed or self._delays:
+            return None
+        loop = conn.loop
+        rid = conn.next_rid
+        conn.next_rid = rid + 1
+        data = w.encode(conn.packer, [w.REQ, rid, method, payload])
+        if len(data) - 4 > self.max_frame:
+            return None  # let call() raise the clear error
+        fut: asyncio.Future[Any] = loop.create_future()
+        conn.pending[rid] = fut
+        tick = int((loop.time() + timeout) * _TICKS_PER_S) + 1
+        bucket = conn.buckets.get(tick)
+        if bucket is None:
+            bucket = conn.buckets[tick] = []
+            loop.call_at(tick / _TICKS_PER_S, conn.expire, tick)
+        bucket.append(rid)
+        conn.write(data)
+        return fut
+
     def set_delay(self, addr: Addr, seconds: float) -> None:
         """Delay every request sent to `addr` by `seconds` (0 removes the delay)."""
         if seconds > 0:

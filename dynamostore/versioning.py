@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgpack
 
@@ -32,8 +33,10 @@ class VersionError(ValueError):
     """A stored or transmitted version set could not be decoded."""
 
 
-@dataclass(frozen=True, slots=True)
-class Sibling:
+class Sibling(NamedTuple):
+    """One surviving write. A NamedTuple, not a frozen dataclass: replicas decode several per request and
+    tuple construction is several times cheaper."""
+
     dot: Dot
     value: bytes | None  # None marks a tombstone
     content_type: str
@@ -162,13 +165,19 @@ def encode(state: VersionSet) -> bytes:
 def decode(raw: bytes) -> VersionSet:
     try:
         clock_items, sibs = msgpack.unpackb(raw, raw=False)
-        clock = {str(n): int(c) for n, c in clock_items}
-        siblings = tuple(
-            Sibling((str(n), int(c)), None if v is None else bytes(v), str(ct), int(ts))
-            for n, c, v, ct, ts in sibs
-        )
+        clock = {n: c for n, c in clock_items}
+        siblings = tuple([Sibling((n, c), val, ct, ts) for n, c, val, ct, ts in sibs])
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise VersionError(f"undecodable version set: {exc}") from exc
+    # Reject anything encode() would not have written (a peer's bytes are checked, not trusted).
+    for n, c in clock.items():
+        if type(n) is not str or type(c) is not int:
+            raise VersionError("undecodable version set: bad clock entry")
+    for sib in siblings:
+        n, c = sib.dot
+        if (type(n) is not str or type(c) is not int or type(sib.content_type) is not str
+                or type(sib.timestamp_ms) is not int or not (sib.value is None or type(sib.value) is bytes)):
+            raise VersionError("undecodable version set: bad sibling")
     return VersionSet(clock, siblings)
 
 
