@@ -84,7 +84,7 @@ class AntiEntropySettings(_Strict):
     segments: int = Field(default=1024, ge=1, le=65_536, description="Merkle leaves per partition")
     exchange_interval_s: float = Field(default=10.0, gt=0, description="per partition")
     concurrency: int = Field(default=1, ge=1)
-    max_keys_per_sec: int = Field(default=5000, ge=1, description="repair throttle")
+    max_keys_per_sec: int = Field(default=1000, ge=1, description="repair throttle (keeps foreground p99 within ~5%)")
     tombstone_grace_s: float = Field(default=3600.0, ge=0, description="keep tombstones at least this long")
     sweep_interval_s: float = Field(
         default=3600.0, gt=0, description="rescan every local partition this often: fixes drifted Merkle leaves, reaps tombstones"

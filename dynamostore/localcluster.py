@@ -9,8 +9,10 @@ SIGTERM. A node that dies is reported, not restarted.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +25,28 @@ import tomli_w
 from dynamostore.config import ConfigError, load_cluster_file, parse_settings, read_toml
 
 RPC_PORT_OFFSET = 1000  # node k's internal RPC port is its HTTP port + 1000
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_base_port(nodes: int, spare: int = 0) -> int:
+    """A base port P with P..P+nodes+spare-1 and their RPC ports all free right now (tests, benchmarks)."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())  # not part of any seeded workload
+    total = nodes + spare
+    for _ in range(200):
+        base = rng.randrange(20000, 40000)
+        ports = [base + k for k in range(total)] + [base + RPC_PORT_OFFSET + k for k in range(total)]
+        if all(_port_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range found")
 
 
 def cluster_document(nodes: int, base_port: int, settings: dict[str, Any], secret: str) -> dict[str, Any]:

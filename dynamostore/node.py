@@ -57,6 +57,7 @@ class Node:
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self._call_counters: dict[tuple[str, str], Any] = {}
+        self._catching_up = False
         self.storage: Storage
         self.replica: LocalReplica
         self.coordinator: Coordinator
@@ -247,7 +248,24 @@ class Node:
 
     async def _probe(self, peer: str, timeout: float) -> None:
         m = self.members[peer]
-        await self.rpc_client.call((m.rpc_host, m.rpc_port), "ping", None, timeout=timeout)
+        _, epoch = await self.rpc_client.call((m.rpc_host, m.rpc_port), "ping", self.ring_epoch, timeout=timeout)
+        self.saw_epoch(peer, int(epoch))
+
+    def saw_epoch(self, peer: str, epoch: int) -> None:
+        """Internal messages carry the sender's ring epoch: a node that sees a newer one is behind and
+        catches up (a linearizable read of the membership waits until its log has what the leader has)."""
+        if epoch > self.ring_epoch and not self._catching_up:
+            log.info("%s is at ring epoch %d, this node at %d: catching up", peer, epoch, self.ring_epoch)
+            self._catching_up = True
+            self.spawn(self._catch_up(), "catch-up")
+
+    async def _catch_up(self) -> None:
+        try:
+            await self.membership.read_barrier(timeout=5.0)
+        except Exception as exc:  # noqa: BLE001 - retried at the next newer epoch seen
+            log.info("catch-up of the membership log failed: %s", exc)
+        finally:
+            self._catching_up = False
 
     # --- internal RPC methods -------------------------------------------------------------------------
 
@@ -259,6 +277,8 @@ class Node:
         r.register("kv.coord_put", self._rpc_coord_put)
 
     async def _rpc_ping(self, payload: Any, peer: str) -> Any:
+        if isinstance(payload, int):
+            self.saw_epoch(peer, payload)
         return [self.node_id, self.ring_epoch]
 
     async def _rpc_get(self, payload: Any, peer: str) -> Any:

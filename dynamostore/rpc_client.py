@@ -71,17 +71,8 @@ class RpcClient:
         data = w.encode(conn.packer, [w.REQ, rid, method, payload])
         if len(data) - 4 > self.max_frame:
             raise RpcError(f"{method} request of {len(data) - 4} bytes exceeds max_frame {self.max_frame}")
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut = self._pend(conn, rid, timeout)
         pending = conn.pending
-        pending[rid] = fut
-        # Timeouts are bucketed per 10 ms tick: one timer per bucket instead of a timer handle
-        # created and cancelled per call. A call times out at most one tick late, never early.
-        tick = int((loop.time() + timeout) * _TICKS_PER_S) + 1
-        bucket = conn.buckets.get(tick)
-        if bucket is None:
-            bucket = conn.buckets[tick] = []
-            loop.call_at(tick / _TICKS_PER_S, conn.expire, tick)
-        bucket.append(rid)
         # Fault injection (benchmarks): a plain dict check costs nothing when unused.
         delay = self._delays.get(addr) if self._delays else None
         if delay:
@@ -102,12 +93,21 @@ class RpcClient:
         conn = self._conns.get(addr)
         if conn is None or conn.closed or self._delays:
             return None
-        loop = conn.loop
         rid = conn.next_rid
         conn.next_rid = rid + 1
         data = w.encode(conn.packer, [w.REQ, rid, method, payload])
         if len(data) - 4 > self.max_frame:
             return None  # let call() raise the clear error
+        fut = self._pend(conn, rid, timeout)
+        conn.write(data)
+        return fut
+
+    @staticmethod
+    def _pend(conn: _ClientConn, rid: int, timeout: float) -> asyncio.Future[Any]:
+        """Register the future of request `rid`. Timeouts are bucketed per 10 ms tick: one timer per
+        bucket instead of a timer handle created and cancelled per call; a call times out at most one
+        tick late, never early."""
+        loop = conn.loop
         fut: asyncio.Future[Any] = loop.create_future()
         conn.pending[rid] = fut
         tick = int((loop.time() + timeout) * _TICKS_PER_S) + 1
@@ -116,7 +116,6 @@ class RpcClient:
             bucket = conn.buckets[tick] = []
             loop.call_at(tick / _TICKS_PER_S, conn.expire, tick)
         bucket.append(rid)
-        conn.write(data)
         return fut
 
     def set_delay(self, addr: Addr, seconds: float) -> None:

@@ -7,10 +7,7 @@ anti-entropy, membership and fault tests.
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,29 +18,11 @@ from typing import Any
 import aiohttp
 import tomli_w
 
-from dynamostore.localcluster import RPC_PORT_OFFSET, write_cluster_file
+from tests.history import History, Report, values_of
+from dynamostore.localcluster import RPC_PORT_OFFSET, free_base_port, write_cluster_file
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_base_port(nodes: int, spare: int = 3) -> int:
-    """A base port with room for `nodes` founders and `spare` nodes that may join later."""
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    for _ in range(200):
-        base = rng.randrange(20000, 40000)
-        total = nodes + spare
-        ports = [base + k for k in range(total)] + [base + RPC_PORT_OFFSET + k for k in range(total)]
-        if all(_port_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port range found")
+STRICT_ALL = {"X-Read-Quorum": "all", "X-Sloppy-Quorum": "false", "Accept": "application/json"}
 
 
 async def wait_for(
@@ -65,7 +44,7 @@ class Cluster:
     def __init__(self, root: Path, nodes: int, settings: dict[str, Any] | None = None) -> None:
         self.root = root
         self.nodes = nodes
-        self.base_port = free_base_port(nodes)
+        self.base_port = free_base_port(nodes, spare=3)
         settings_file = None
         if settings:
             settings_file = root / "settings.toml"
@@ -185,6 +164,18 @@ class Cluster:
         s = await self.http()
         async with s.get(f"{self.url(nid)}/kv/{key}", headers=headers or {}, params=params) as r:
             return r.status, dict(r.headers), await r.read()
+
+    async def final_check(self, h: History, via: str) -> Report:
+        """Read every key of a history from its primaries alone (R=ALL, strict) and check that no
+        acknowledged write was lost."""
+        final: dict[str, set[bytes]] = {}
+        for key in sorted(h.keys()):
+            status, hd, body = await self.get(via, key, STRICT_ALL)
+            final[key] = values_of(status, hd, body)
+        report = h.check(final)
+        print(f"\nhistory: {report.summary()}")
+        assert report.lost == [], report.summary()
+        return report
 
     async def delete(self, nid: str, key: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         s = await self.http()

@@ -16,12 +16,11 @@ import aiohttp
 import pytest
 
 from ring.placement import initial_ring
-from tests.harness import Cluster, wait_for
+from tests.harness import STRICT_ALL, Cluster, wait_for
 from tests.history import History, Outcome, values_of
 
 pytestmark = pytest.mark.cluster
 
-STRICT_ALL = {"X-Read-Quorum": "all", "X-Sloppy-Quorum": "false", "Accept": "application/json"}
 FAST = {"handoff": {"interval_ms": 100}, "antientropy": {"enabled": False}}
 
 
@@ -61,16 +60,6 @@ async def all_see_all_up(c: Cluster) -> bool:
     return True
 
 
-async def final_check(c: Cluster, h: History, via: str = "n1") -> None:
-    final: dict[str, set[bytes]] = {}
-    for key in sorted(h.keys()):
-        status, hd, body = await c.get(via, key, STRICT_ALL)
-        final[key] = values_of(status, hd, body)
-    report = h.check(final)
-    print(f"\nhistory: {report.summary()}")
-    assert report.lost == [], report.summary()
-
-
 async def test_sloppy_writes_survive_two_kills_and_hints_drain_to_primaries(make_cluster: Callable[..., Any]) -> None:
     c: Cluster = await make_cluster(5, FAST)
     h = History()
@@ -98,7 +87,7 @@ async def test_sloppy_writes_survive_two_kills_and_hints_drain_to_primaries(make
     await wait_for(lambda: all_see_all_up(c), 15, "every node to see every node up")
     await wait_for(lambda: drained(c, c.ids), 60, "every hint to be delivered")
     print(f"\n{hinted_total} hints drained in {time.monotonic() - start:.1f}s after restart")
-    await final_check(c, h)
+    await c.final_check(h, "n1")
 
 
 async def test_strict_quorum_refuses_writes_whose_primaries_are_down_and_loses_none(
@@ -128,7 +117,7 @@ async def test_strict_quorum_refuses_writes_whose_primaries_are_down_and_loses_n
     c.start("n4")
     c.start("n5")
     await wait_for(lambda: all_see_all_up(c), 20, "every node to see every node up")
-    await final_check(c, h)
+    await c.final_check(h, "n1")
 
 
 async def test_hints_survive_a_kill_of_the_fallback_holding_them(make_cluster: Callable[..., Any]) -> None:
@@ -159,7 +148,7 @@ async def test_hints_survive_a_kill_of_the_fallback_holding_them(make_cluster: C
     for key in keys:
         status, _, body = await c.get("n5", key, STRICT_ALL)
         assert status == 200 and body == key.encode()
-    await final_check(c, h)
+    await c.final_check(h, "n1")
 
 
 async def test_contexts_written_while_a_primary_was_down_resolve_right_after_handoff(
@@ -187,4 +176,4 @@ async def test_contexts_written_while_a_primary_was_down_resolve_right_after_han
         # replacement and the concurrent blind write, never the superseded "old".
         status, hd, body = await c.get("n5", key, STRICT_ALL)
         assert values_of(status, hd, body) == {b"new", b"blind"}, key
-    await final_check(c, h)
+    await c.final_check(h, "n1")

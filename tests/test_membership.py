@@ -22,7 +22,6 @@ from ring.membership import (
     StageRemove,
     StageReplace,
     Status,
-    Transfer,
     TransferDone,
     apply,
     apply_bytes,

@@ -11,12 +11,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.harness import Cluster, wait_for
-from tests.history import History, Outcome, values_of
+from tests.harness import STRICT_ALL, Cluster, wait_for
+from tests.history import History, Outcome
 
 pytestmark = pytest.mark.cluster
 
-STRICT_ALL = {"X-Read-Quorum": "all", "X-Sloppy-Quorum": "false", "Accept": "application/json"}
 SETTINGS = {"handoff": {"interval_ms": 100}, "antientropy": {"exchange_interval_s": 2.0}}
 
 
@@ -62,16 +61,6 @@ async def change(c: Cluster, via: str, op: str, body: dict[str, Any]) -> None:
     assert status == 200, doc
 
 
-async def final_check(c: Cluster, h: History, via: str) -> None:
-    final = {}
-    for key in sorted(h.keys()):
-        status, hd, body = await c.get(via, key, STRICT_ALL)
-        final[key] = values_of(status, hd, body)
-    report = h.check(final)
-    print(f"\nhistory: {report.summary()}")
-    assert report.lost == [], report.summary()
-
-
 async def test_grow_to_five_and_shrink_back_under_writes(make_cluster: Callable[..., Any]) -> None:
     c: Cluster = await make_cluster(3, SETTINGS)
     for k in range(300):  # data to stream
@@ -98,7 +87,7 @@ async def test_grow_to_five_and_shrink_back_under_writes(make_cluster: Callable[
                                            "n4": "removed", "n5": "removed"}
     assert set(st["ring"]["owners"]) == {"n1", "n2", "n3"}
     assert w.history.check({}).acknowledged > 20
-    await final_check(c, w.history, "n3")
+    await c.final_check(w.history, "n3")
     for k in range(300):
         status, _, body = await c.get("n2", f"pre{k:04d}", STRICT_ALL)
         assert status == 200 and body == b"x"
@@ -134,7 +123,7 @@ async def test_kill_the_raft_leader_during_a_join(make_cluster: Callable[..., An
     await writer
     st = await c.status(leader)
     assert st["membership"]["members"]["n4"] == "active"
-    await final_check(c, w.history, "n4")
+    await c.final_check(w.history, "n4")
     for k in range(300):
         status, _, body = await c.get("n4", f"pre{k:04d}", STRICT_ALL)
         assert status == 200 and body == b"x"

@@ -9,10 +9,7 @@ Every process started here is stopped by `close()` (SIGTERM, then SIGKILL after 
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,32 +19,11 @@ from typing import Any
 import aiohttp
 import tomli_w
 
-from dynamostore.localcluster import RPC_PORT_OFFSET, write_cluster_file
+from dynamostore.localcluster import free_base_port, write_cluster_file
 
 
 class BenchClusterError(RuntimeError):
     pass
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_base_port(nodes: int) -> int:
-    """A base port P with P..P+nodes-1 and their RPC ports (+1000) all free right now."""
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())  # port choice is not part of the seeded workload
-    for _ in range(200):
-        base = rng.randrange(20000, 40000)
-        ports = [base + k for k in range(nodes)] + [base + RPC_PORT_OFFSET + k for k in range(nodes)]
-        if all(_port_free(p) for p in ports):
-            return base
-    raise BenchClusterError("no free port range found")
 
 
 class Target:
