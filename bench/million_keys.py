@@ -1,0 +1,99 @@
+"""Node throughput with 10 thousand vs 1 million keys stored (the storage-scaling requirement).
+
+    .venv/bin/python bench/million_keys.py [--big 1000000] [--small 10000] [--duration 10]
+
+For each key count: a one-node cluster (N=1, R=W=1, anti-entropy off so no background scan competes) whose
+store is preloaded directly through the node's own replica code (the same records a client write makes,
+much faster than over HTTP), then wrk (-t2 -c32) drives random 100-byte puts and random gets over all
+the keys. Prints puts/s and gets/s for both sizes and the ratio (the requirement: 1M within 20% of 10k).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import tomli_w
+
+from dynamostore.localcluster import free_base_port, write_cluster_file
+from dynamostore.replica import LocalReplica
+from dynamostore.storage import Storage
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def preload(store: Path, keys: int, partitions: int, segments: int) -> float:
+    t0 = time.monotonic()
+    storage = await Storage.open(store)
+    replica = await LocalReplica.open("n1", storage, partitions=partitions, segments=segments,
+                                      max_siblings=64, warn_siblings=16)
+    chunk = 2000
+    for start in range(0, keys, chunk):
+        await asyncio.gather(*(
+            replica.coordinate(replica.ref(b"key%08d" % i), {}, b"v" * 100, "application/octet-stream", durable=False)
+            for i in range(start, min(keys, start + chunk))
+        ))
+    await storage.close()
+    return time.monotonic() - t0
+
+
+def wrk(url: str, keys: int, op: str, duration: int) -> float:
+    env = dict(os.environ, NKEYS=str(keys), OP=op)
+    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{duration}s", "-s", str(ROOT / "bench/wrk/ds_mixed_n.lua"), url],
+                         capture_output=True, text=True, check=True, env=env).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return float(m.group(1)) if m else 0.0
+
+
+def run(keys: int, duration: int) -> tuple[float, float, float]:
+    d = Path(tempfile.mkdtemp(prefix="ds-1m-"))
+    try:
+        settings = d / "s.toml"
+        settings.write_text(tomli_w.dumps({"cluster": {"n_val": 1}, "quorum": {"r": 1, "w": 1},
+                                           "antientropy": {"enabled": False}, "log_level": "WARNING"}))
+        port = free_base_port(1)
+        cfg = write_cluster_file(d, 1, port, settings)
+        took = asyncio.run(preload(d / "n1" / "store", keys, 64, 1024))
+        node = subprocess.Popen([str(ROOT / ".venv/bin/dynamostore"), "node", "--config", str(cfg), "--id", "n1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        gets = wrk(url, keys, "get", duration)
+        puts = wrk(url, keys, "put", duration)
+        node.terminate()
+        node.wait(timeout=60)
+        return took, puts, gets
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--big", type=int, default=1_000_000)
+    ap.add_argument("--small", type=int, default=10_000)
+    ap.add_argument("--duration", type=int, default=10)
+    args = ap.parse_args()
+    rows = []
+    for keys in (args.small, args.big):
+        took, puts, gets = run(keys, args.duration)
+        rows.append((keys, puts, gets))
+        print(f"{keys:>9} keys (preloaded in {took:.0f}s): {puts:8.0f} puts/s {gets:8.0f} gets/s", flush=True)
+    (_, p0, g0), (_, p1, g1) = rows
+    print(f"1M vs 10k: puts x{p1 / p0:.2f}, gets x{g1 / g0:.2f} (requirement: >= 0.80)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Jepsen-style fault runs against a real 5-node cluster (N=3, W=2): seeded kill -9 and SIGSTOP schedules
+while clients add to sets (read, merge siblings, write back with the context) and blind-write many keys.
+
+After the faults heal, hints drain and the primaries are read at R=ALL: zero acknowledged writes may be lost
+(tests/history.py), and every element a client added with an acknowledged write must be in the final set.
+Each fault kind runs twice on the same cluster, with sloppy and with strict quorums (separate keys), and
+prints acknowledged / lost / unknown / availability during the faults. Seeds: FAULTS_SEED (default 1);
+FAULTS_LONG=1 plays a longer schedule for soak runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from base64 import b64decode
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.harness import STRICT_ALL, Cluster, wait_for
+from tests.history import History, Outcome, values_of
+from tests.nemesis import FaultKind, Nemesis, make_schedule
+
+pytestmark = pytest.mark.cluster
+
+SETTINGS = {
+    "handoff": {"interval_ms": 100},
+    "antientropy": {"exchange_interval_s": 2.0},
+    "detector": {"down_after_ms": 600},
+}
+SEED = int(os.environ.get("FAULTS_SEED", "1"))
+LONG = os.environ.get("FAULTS_LONG") == "1"
+FAULTS_PER_RUN = 12 if LONG else 3
+SET_KEYS = 3
+BLIND_KEYS = 150
+OP_TIMEOUT = aiohttp.ClientTimeout(total=3)
+
+
+@dataclass
+class Stats:
+    """Per-op outcome with its start time: availability is measured over ops begun during a fault."""
+
+    ops: list[tuple[float, bool]] = field(default_factory=list)
+    added: dict[str, set[str]] = field(default_factory=dict)  # key -> elements added by acknowledged writes
+
+    def availability(self, nem: Nemesis) -> tuple[int, float]:
+        during = [ok for t, ok in self.ops if nem.during_fault(t)]
+        return len(during), (sum(during) / len(during) if during else float("nan"))
+
+
+def _elements(values: set[bytes]) -> set[str]:
+    out: set[str] = set()
+    for v in values:
+        out |= set(json.loads(v))
+    return out
+
+
+async def _set_adder(c: Cluster, s: aiohttp.ClientSession, cid: int, prefix: str, headers: dict[str, str],
+                     h: History, st: Stats, rng: random.Random, stop: asyncio.Event) -> None:
+    i = 0
+    while not stop.is_set():
+        key = f"{prefix}set{rng.randrange(SET_KEYS)}"
+        node = rng.choice(c.ids)
+        t = time.monotonic()
+        i += 1
+        elem = f"c{cid}-{i}"
+        try:
+            async with s.get(f"{c.url(node)}/kv/{key}", headers={**headers, "Accept": "application/json"},
+                             timeout=OP_TIMEOUT) as r:
+                body = await r.read()
+                if r.status not in (200, 300, 404):
+                    st.ops.append((t, False))
+                    continue
+                read = values_of(r.status, dict(r.headers), body)
+                ctx = r.headers.get("X-Context")
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            st.ops.append((t, False))
+            await asyncio.sleep(0.05)  # a dead coordinator refuses at once: do not spin
+            continue
+        value = json.dumps(sorted(_elements(read) | {elem})).encode()
+        put_headers = dict(headers)
+        if ctx:
+            put_headers["X-Context"] = ctx
+        try:
+            async with s.put(f"{c.url(node)}/kv/{key}", data=value, headers=put_headers, timeout=OP_TIMEOUT) as r:
+                await r.read()
+                ok = r.status == 204
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            h.record(key, value, Outcome.UNKNOWN, frozenset(read))
+            st.ops.append((t, False))
+            continue
+        h.record(key, value, Outcome.OK if ok else Outcome.FAILED, frozenset(read))
+        st.ops.append((t, ok))
+        if ok:
+            st.added.setdefault(key, set()).add(elem)
+
+
+async def _blind_writer(c: Cluster, s: aiohttp.ClientSession, cid: int, prefix: str, headers: dict[str, str],
+                        h: History, st: Stats, rng: random.Random, stop: asyncio.Event) -> None:
+    i = 0
+    while not stop.is_set():
+        key = f"{prefix}b{rng.randrange(BLIND_KEYS):03d}"
+        node = rng.choice(c.ids)
+        i += 1
+        value = f"w{cid}-{i}".encode()
+        t = time.monotonic()
+        try:
+            async with s.put(f"{c.url(node)}/kv/{key}", data=value, headers=headers, timeout=OP_TIMEOUT) as r:
+                await r.read()
+                ok = r.status == 204
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            h.record(key, value, Outcome.UNKNOWN)
+            st.ops.append((t, False))
+            await asyncio.sleep(0.05)
+            continue
+        h.record(key, value, Outcome.OK if ok else Outcome.FAILED)
+        st.ops.append((t, ok))
+
+
+async def _per_partition_roots_agree(c: Cluster) -> bool:
+    roots: dict[str, set[str]] = {}
+    for nid in c.ids:
+        ae = (await c.status(nid))["antientropy"]
+        if ae["trees_built"] != ae["trees_total"]:
+            return False
+        for p, part in ae["partitions"].items():
+            roots.setdefault(p, set()).add(part["root"])
+    return all(len(r) == 1 for r in roots.values())
+
+
+async def _settled(c: Cluster) -> bool:
+    for a in c.ids:
+        doc = await c.status(a)
+        if not all(m["liveness"]["up"] for m in doc["members"]) or doc["handoff"]["pending_total"] != 0:
+            return False
+    return True
+
+
+async def _one_run(c: Cluster, kind: FaultKind, sloppy: bool, seed: int) -> tuple[str, History, Stats, Nemesis]:
+    label = f"{kind.value}/{'sloppy' if sloppy else 'strict'}"
+    prefix = f"{kind.value}-{'sl' if sloppy else 'st'}-"
+    schedule = make_schedule(seed, [kind], c.ids, FAULTS_PER_RUN, max_down=2)
+    print(f"\n[{label}] seed={seed} schedule: "
+          + "; ".join(f"{f.kind.value} {','.join(f.nodes)} @{f.start_s}s for {f.duration_s}s" for f in schedule))
+    headers = {"X-Write-Quorum": "2", "X-Read-Quorum": "2", "X-Timeout-Ms": "1500",
+               "X-Sloppy-Quorum": "true" if sloppy else "false"}
+    h, st, nem = History(), Stats(), Nemesis(c)
+    stop = asyncio.Event()
+    rng = random.Random(seed * 1000 + 7)
+    async with aiohttp.ClientSession() as s:
+        clients = [_set_adder(c, s, k, prefix, headers, h, st, random.Random(rng.random()), stop) for k in range(3)]
+        clients += [_blind_writer(c, s, 10 + k, prefix, headers, h, st, random.Random(rng.random()), stop)
+                    for k in range(2)]
+        tasks = [asyncio.create_task(x) for x in clients]
+        try:
+            await nem.run(schedule)
+            await asyncio.sleep(0.5)  # a little healthy traffic after the last heal
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+    return label, h, st, nem
+
+
+async def _check(c: Cluster, label: str, h: History, st: Stats, nem: Nemesis) -> str:
+    final: dict[str, set[bytes]] = {}
+    for key in sorted(h.keys()):  # the primaries alone, R=ALL: what survived
+        status, hd, body = await c.get("n1", key, STRICT_ALL)
+        final[key] = values_of(status, hd, body)
+    report = h.check(final)
+    if report.lost:
+        detail = [(k, v, [w.outcome.value for w in h.writes if w.key == k and w.value == v],
+                   sorted(final[k])[:5]) for k, v in report.lost[:5]]
+        raise AssertionError(f"{label}: {report.summary()}; lost (key, value, outcomes, final): {detail}")
+    for key, elems in st.added.items():  # set semantics: every acknowledged add is in the merged siblings
+        status, hd, body = await c.get("n1", key, STRICT_ALL)
+        missing = elems - _elements(values_of(status, hd, body))
+        assert not missing, f"{label}: {key} lost acknowledged adds {sorted(missing)[:10]}"
+    n_during, avail = st.availability(nem)
+    return (f"{label}: acknowledged={report.acknowledged} lost={len(report.lost)} unknown={report.unknown} "
+            f"failed={report.failed} unexpected={len(report.unexpected)} "
+            f"availability during faults={avail:.1%} of {n_during} ops")
+
+
+@pytest.mark.parametrize("kind", [FaultKind.KILL, FaultKind.PAUSE])
+async def test_no_acknowledged_write_lost_under_seeded_faults(make_cluster: Callable[..., Any], kind: FaultKind) -> None:
+    c: Cluster = await make_cluster(5, SETTINGS)
+    runs = []
+    for sloppy in (True, False):
+        runs.append(await _one_run(c, kind, sloppy, SEED))
+        await wait_for(lambda: _settled(c), 60, "every node up in every view and every hint delivered")
+    await wait_for(lambda: _per_partition_roots_agree(c), 60, "anti-entropy: every partition's replicas agree")
+    lines = [await _check(c, *run) for run in runs]
+    print("\n" + "\n".join(lines))
