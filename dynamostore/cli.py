@@ -78,6 +78,13 @@ def _kv(args: argparse.Namespace) -> int:
         headers["X-Write-Quorum"] = args.w
     if args.strict:
         headers["X-Sloppy-Quorum"] = "false"
+    if args.op != "get" and not args.context and not args.blind:
+        # Like Riak's clients: read first and write with that context, so the write replaces what is
+        # there (siblings included) instead of becoming one more sibling. --blind skips the read.
+        read_headers = {k: v for k, v in headers.items() if k != "X-Write-Quorum"}
+        _, rh, _ = _request("GET", url, None, {**read_headers, "Accept": "application/json"})
+        if rh.get("X-Context"):
+            headers["X-Context"] = rh["X-Context"]
     body: bytes | None = None
     if args.op == "get":
         headers["Accept"] = "application/json"
@@ -221,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     kv.add_argument("key")
     kv.add_argument("value", nargs="?", help="the value for put ('-' reads stdin)")
     kv.add_argument("--url", default=DEFAULT_URL)
-    kv.add_argument("--context", help="X-Context from a previous read")
+    kv.add_argument("--context", help="X-Context from a previous read (default for put/delete: read it first)")
+    kv.add_argument("--blind", action="store_true",
+                    help="put/delete without reading first: the write is concurrent with what is stored")
     kv.add_argument("--consistency", help="ONE, TWO, THREE, QUORUM or ALL")
     kv.add_argument("-r", help="read quorum")
     kv.add_argument("-w", help="write quorum")

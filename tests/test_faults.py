@@ -37,6 +37,7 @@ SETTINGS = {
 SEED = int(os.environ.get("FAULTS_SEED", "1"))
 LONG = os.environ.get("FAULTS_LONG") == "1"
 FAULTS_PER_RUN = 12 if LONG else 3
+MAX_DOWN = int(os.environ.get("FAULTS_MAX_DOWN", "2"))  # nodes out at once (of 5)
 SET_KEYS = 3
 BLIND_KEYS = 150
 OP_TIMEOUT = aiohttp.ClientTimeout(total=3)
@@ -145,7 +146,7 @@ async def _settled(c: Cluster) -> bool:
 async def _one_run(c: Cluster, kind: FaultKind, sloppy: bool, seed: int) -> tuple[str, History, Stats, Nemesis]:
     label = f"{kind.value}/{'sloppy' if sloppy else 'strict'}"
     prefix = f"{kind.value}-{'sl' if sloppy else 'st'}-"
-    schedule = make_schedule(seed, [kind], c.ids, FAULTS_PER_RUN, max_down=2)
+    schedule = make_schedule(seed, [kind], c.ids, FAULTS_PER_RUN, max_down=MAX_DOWN)
     print(f"\n[{label}] seed={seed} schedule: "
           + "; ".join(f"{f.kind.value} {','.join(f.nodes)} @{f.start_s}s for {f.duration_s}s" for f in schedule))
     headers = {"X-Write-Quorum": "2", "X-Read-Quorum": "2", "X-Timeout-Ms": "1500",
