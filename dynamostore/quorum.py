@@ -27,7 +27,7 @@ def parse_quorum(raw: str, n: int, name: str) -> int:
         value = n // 2 + 1
     elif text in LEVELS:
         value = LEVELS[text]
-    elif text.isdigit():
+    elif text.isascii() and text.isdigit():
         value = int(text)
     else:
         raise QuorumError(f"{name} must be an integer or one of ONE, TWO, THREE, QUORUM, ALL (got {raw!r})")

@@ -7,11 +7,17 @@ one key on one node serialise without locks on the event loop. Three kinds of ch
 - `merge`: a replica copy (or a repair, a handoff, an anti-entropy fix) merged in with causality.
 - hints: copies held for a down primary, kept in the separate "hints" namespace until handed off.
 
-Actor epochs. A dot (actor, n) must be fresh: if this node minted dots for a key, lost its copy (the hint was
-handed off, the partition moved away), and later minted (actor, 1) again, two different writes would share a
-dot and one would vanish on merge. As Riak 2.0 does against "key amnesia", the node continues an actor only
-when its local copy already carries it and is not behind the client's context for it; otherwise it starts a
-new actor `<node>.<epoch>` from a durably reserved, never reused epoch counter.
+Actor epochs. A dot (actor, n) must name exactly one write: if two writes ever shared a dot, a merge would
+keep one and silently drop the other. Continuing an actor at n+1 is safe only in the very copy that minted
+(actor, n) and has held the key ever since. A node holds several copies of one key over time and at once:
+its data record, a hint record per down primary it stands in for, and records that are deleted (handed
+off, reaped) and later re-created by a merge from a stale replica. Seeing its own actor in a copy therefore
+proves nothing (the fault tests caught exactly that: a dot minted in one hint record reached another hint
+record of the same node through replication, and was minted again there). So each stored copy records the
+actor it minted with (`VersionSet.local_actor`, local bookkeeping that merges never import), and the node
+continues that actor only there, and only if the client's context is not ahead of it; otherwise it starts
+a new actor `<node>.<epoch>` from a durably reserved, never reused epoch counter (as Riak 2.0 does against
+"key amnesia").
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dynamostore import versioning as v
 from dynamostore.storage import Storage, data_key, split_data_key
@@ -114,10 +120,10 @@ class LocalReplica:
         return KeyRef.of(key, self.partitions, self.segments)
 
     def _actor_for(self, current: v.VersionSet | None, context: v.Clock) -> str:
-        mine = [a for a in (current.clock if current else {}) if a.split(".", 1)[0] == self.node_id]
-        if mine and current is not None:
-            actor = max(mine, key=lambda a: current.clock[a])
-            if context.get(actor, 0) <= current.clock[actor]:
+        """The actor of the next dot: this copy's own actor if it has one, else a fresh one (module doc)."""
+        if current is not None and current.local_actor is not None:
+            actor = current.local_actor
+            if context.get(actor, 0) <= current.clock.get(actor, 0):
                 return actor
         return f"{self.node_id}.{self.epochs.take():x}"
 
@@ -149,7 +155,8 @@ class LocalReplica:
 
         def apply(raw: bytes | None) -> tuple[bytes | None, tuple[v.VersionSet, bytes | None, bytes | None]]:
             cur = v.decode(raw) if raw is not None else None
-            new = v.update(cur, context, self._actor_for(cur, context), value, content_type, now_ms)
+            actor = self._actor_for(cur, context)
+            new = replace(v.update(cur, context, actor, value, content_type, now_ms), local_actor=actor)
             if len(new.siblings) > self.max_siblings:
                 raise SiblingLimitError(
                     f"key would have {len(new.siblings)} siblings, more than the limit of {self.max_siblings}; "
@@ -174,7 +181,8 @@ class LocalReplica:
 
         def apply(raw: bytes | None) -> tuple[bytes | None, tuple[bytes | None, bytes | None]]:
             cur = v.decode(raw) if raw is not None else None
-            merged = v.sync(cur, incoming)
+            # the copy keeps its own actor bookkeeping; whatever the incoming copy minted stays its own
+            merged = replace(v.sync(cur, incoming), local_actor=cur.local_actor if cur is not None else None)
             if cur is not None and v.same_version(cur, merged):
                 return raw, (v.digest(cur), v.digest(cur))
             return v.encode(merged), (v.digest(cur), v.digest(merged))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import msgpack
@@ -51,6 +51,10 @@ class Sibling(NamedTuple):
 class VersionSet:
     clock: Mapping[str, int]
     siblings: tuple[Sibling, ...]
+    # Local bookkeeping of one stored copy, never causal information: the actor this copy minted dots
+    # with (see replica.py, "actor epochs"). Ignored by sync, same_version and digest; a copy that is
+    # merged in from elsewhere never brings its own.
+    local_actor: str | None = field(default=None, compare=False)
 
     @property
     def live(self) -> tuple[Sibling, ...]:
@@ -153,18 +157,19 @@ def digest(state: VersionSet | None) -> bytes | None:
 
 
 def encode(state: VersionSet) -> bytes:
-    return msgpack.packb(
-        [
-            sorted(state.clock.items()),
-            [[s.dot[0], s.dot[1], s.value, s.content_type, s.timestamp_ms] for s in state.siblings],
-        ],
-        use_bin_type=True,
-    )
+    body: list[object] = [
+        sorted(state.clock.items()),
+        [[s.dot[0], s.dot[1], s.value, s.content_type, s.timestamp_ms] for s in state.siblings],
+    ]
+    if state.local_actor is not None:
+        body.append(state.local_actor)
+    return msgpack.packb(body, use_bin_type=True)
 
 
 def decode(raw: bytes) -> VersionSet:
     try:
-        clock_items, sibs = msgpack.unpackb(raw, raw=False)
+        clock_items, sibs, *local = msgpack.unpackb(raw, raw=False)
+        local_actor = local[0] if local else None
         clock = {n: c for n, c in clock_items}
         siblings = tuple([Sibling((n, c), val, ct, ts) for n, c, val, ct, ts in sibs])
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -178,7 +183,9 @@ def decode(raw: bytes) -> VersionSet:
         if (type(n) is not str or type(c) is not int or type(sib.content_type) is not str
                 or type(sib.timestamp_ms) is not int or not (sib.value is None or type(sib.value) is bytes)):
             raise VersionError("undecodable version set: bad sibling")
-    return VersionSet(clock, siblings)
+    if local_actor is not None and type(local_actor) is not str:
+        raise VersionError("undecodable version set: bad local actor")
+    return VersionSet(clock, siblings, local_actor)
 
 
 def reap_tombstones(state: VersionSet, before_ms: int) -> VersionSet | None:

@@ -16,7 +16,7 @@ def test_parse_quorum_levels(raw: str, n: int, want: int) -> None:
     assert parse_quorum(raw, n, "w") == want
 
 
-@pytest.mark.parametrize("raw", ["FOUR", "-1", "2.5", "", "x", "4"])
+@pytest.mark.parametrize("raw", ["FOUR", "-1", "2.5", "", "x", "4", "\u00b9", "\u0661"])
 def test_parse_quorum_rejects_bad_or_too_large(raw: str) -> None:
     with pytest.raises(QuorumError):
         parse_quorum(raw, 3, "w")

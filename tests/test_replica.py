@@ -1,0 +1,60 @@
+"""The local replica against a real store: dots stay unique across a node's several copies of one key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dynamostore import versioning as v
+from dynamostore.replica import LocalReplica
+from dynamostore.storage import Storage
+
+
+async def open_replica(path: Path) -> LocalReplica:
+    storage = await Storage.open(path)
+    return await LocalReplica.open("n2", storage, partitions=64, segments=16, max_siblings=64, warn_siblings=16)
+
+
+async def test_a_dot_seen_in_another_copy_is_never_minted_again(tmp_path: Path) -> None:
+    """The bug the kill -9 fault test found: n2 minted (A, 1) in its hint for n4; that version reached its
+    hint for n5 by replication; writes in both hint copies then both minted (A, 2) and one was lost."""
+    r = await open_replica(tmp_path / "s")
+    ref = r.ref(b"k")
+    first = await r.coordinate(ref, {}, b"w1", "t", durable=False, hint_for="n4")
+    await r.merge(ref, first, durable=False, hint_for="n5")  # replication brings (A, 1) into a second copy
+    second = await r.coordinate(ref, {}, b"w2", "t", durable=False, hint_for="n4")
+    third = await r.coordinate(ref, {}, b"w3", "t", durable=False, hint_for="n5")
+    dots = [s.dot for state in (first, second, third) for s in state.siblings if s.value in (b"w1", b"w2", b"w3")]
+    w_dots = {s.value: s.dot for state in (first, second, third) for s in state.siblings}
+    assert len({w_dots[b"w1"], w_dots[b"w2"], w_dots[b"w3"]}) == 3, dots
+    everything = v.sync_all([await r.get(ref, "n4"), await r.get(ref, "n5")])
+    assert everything is not None and sorted(s.value for s in everything.live) == [b"w1", b"w2", b"w3"]
+    await r.storage.close()
+
+
+async def test_a_copy_continues_its_own_actor_and_a_recreated_copy_starts_a_new_one(tmp_path: Path) -> None:
+    r = await open_replica(tmp_path / "s")
+    ref = r.ref(b"k")
+    a = await r.coordinate(ref, {}, b"a", "t", durable=False)
+    b = await r.coordinate(ref, {}, b"b", "t", durable=False)
+    actor = a.local_actor
+    assert actor is not None and b.local_actor == actor
+    assert {s.dot for s in b.siblings} == {(actor, 1), (actor, 2)}  # one actor, consecutive counters
+    stale = a  # a replica elsewhere still has only (actor, 1)
+    await r.storage.delete("data", ref.skey)  # the copy goes away (reaped, handed off)...
+    await r.merge(ref, stale, durable=False)  # ...and comes back from the stale replica
+    c = await r.coordinate(ref, {}, b"c", "t", durable=False)
+    c_dot = next(s.dot for s in c.siblings if s.value == b"c")
+    assert c_dot[0] != actor and c_dot not in {s.dot for s in b.siblings}
+    # merging never imports another copy's actor bookkeeping, and it never reaches the wire's meaning
+    assert v.same_version(v.decode(v.encode(c)), c) and v.decode(v.encode(c)).local_actor == c.local_actor
+    await r.storage.close()
+
+
+async def test_epochs_are_never_reused_across_restarts(tmp_path: Path) -> None:
+    r = await open_replica(tmp_path / "s")
+    first = (await r.coordinate(r.ref(b"x"), {}, b"1", "t", durable=False)).local_actor
+    await r.storage.close()
+    r = await open_replica(tmp_path / "s")
+    second = (await r.coordinate(r.ref(b"y"), {}, b"2", "t", durable=False)).local_actor
+    assert first != second
+    await r.storage.close()
