@@ -44,7 +44,11 @@ def _run_node(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await node.start()
         await stop.wait()
-        await node.stop()
+        try:
+            # http cleanup waits for requests in flight; bound the whole stop so SIGTERM always ends us
+            await asyncio.wait_for(node.stop(), 12.0)
+        except asyncio.TimeoutError:
+            logging.getLogger("dynamostore.node").error("stop timed out in step %r; exiting anyway", node.stop_step)
 
     try:
         asyncio.run(main())

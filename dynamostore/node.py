@@ -58,6 +58,7 @@ class Node:
         self._tasks: set[asyncio.Task[None]] = set()
         self._call_counters: dict[tuple[str, str], Any] = {}
         self._catching_up = False
+        self.stop_step = ""
         self.storage: Storage
         self.replica: LocalReplica
         self.coordinator: Coordinator
@@ -223,7 +224,7 @@ class Node:
         self.metrics.add_gauges(self._gauges)
         from dynamostore.http_api import build_server  # the HTTP layer depends on the node, not the reverse
 
-        self.http_runner = web.ServerRunner(build_server(self), handle_signals=False)
+        self.http_runner = web.ServerRunner(build_server(self), handle_signals=False, shutdown_timeout=3.0)
         await self.http_runner.setup()
         await web.TCPSite(self.http_runner, me.http_host, me.http_port, reuse_address=True).start()
         log.info("node %s serving http://%s:%d (rpc %s:%d)", self.node_id, me.http_host, me.http_port,
@@ -232,18 +233,24 @@ class Node:
     async def stop(self) -> None:
         # Stop taking requests first (clients, then peers), so nothing changes the data after the
         # services saved their state (anti-entropy trees), then the services, then storage.
+        self.stop_step = "http"
         if self.http_runner:
             await self.http_runner.cleanup()
+        self.stop_step = "rpc server"
         if self.rpc_server:
             await self.rpc_server.stop()
         for s in reversed(self.services):
+            self.stop_step = type(s).__name__
             await s.stop()
+        self.stop_step = "background tasks"
         await self.heartbeater.stop()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.rpc_client.close()
+        self.stop_step = "storage"
         await self.storage.close()
+        self.stop_step = "stopped"
         log.info("node %s stopped", self.node_id)
 
     async def _probe(self, peer: str, timeout: float) -> None:
