@@ -49,11 +49,14 @@ def free_base_port(nodes: int, spare: int = 0) -> int:
     raise RuntimeError("no free port range found")
 
 
-def cluster_document(nodes: int, base_port: int, settings: dict[str, Any], secret: str) -> dict[str, Any]:
-    members = [
+def cluster_document(nodes: int, base_port: int, settings: dict[str, Any], secret: str,
+                     hosts: list[str] | None = None) -> dict[str, Any]:
+    members: list[dict[str, Any]] = [
         {"id": f"n{k}", "http_port": base_port + k - 1, "rpc_port": base_port + k - 1 + RPC_PORT_OFFSET}
         for k in range(1, nodes + 1)
     ]
+    for m, host in zip(members, hosts or []):  # one address per node (tests cut the network between them)
+        m["http_host"] = m["rpc_host"] = host
     doc: dict[str, Any] = dict(settings)
     cluster = dict(doc.pop("cluster", {}))
     cluster.update({"secret": secret, "data_dir": ".", "members": members})
@@ -66,7 +69,8 @@ def cluster_document(nodes: int, base_port: int, settings: dict[str, Any], secre
     return doc
 
 
-def write_cluster_file(data_dir: Path, nodes: int, base_port: int, settings_file: Path | None) -> Path:
+def write_cluster_file(data_dir: Path, nodes: int, base_port: int, settings_file: Path | None,
+                       hosts: list[str] | None = None) -> Path:
     if nodes < 1:
         raise ConfigError("--nodes must be at least 1")
     if not 1 <= base_port <= 65535 - nodes - RPC_PORT_OFFSET:
@@ -89,7 +93,7 @@ def write_cluster_file(data_dir: Path, nodes: int, base_port: int, settings_file
             raise ConfigError(f"{path}: the partition count is fixed for the life of a cluster ({old_q})")
         if old_q is not None:
             settings.setdefault("cluster", {})["partitions"] = old_q
-    doc = cluster_document(nodes, base_port, settings, secret)
+    doc = cluster_document(nodes, base_port, settings, secret, hosts)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(tomli_w.dumps(doc))
     os.replace(tmp, path)

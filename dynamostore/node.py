@@ -62,7 +62,9 @@ class Node:
         self.storage: Storage
         self.replica: LocalReplica
         self.coordinator: Coordinator
-        self.rpc_client = RpcClient(self.node_id, config.secret, connect_timeout=0.5)
+        bind = config.me.rpc_host
+        self.rpc_client = RpcClient(self.node_id, config.secret, connect_timeout=0.5,
+                                    local_host=None if bind in ("0.0.0.0", "::", "127.0.0.1", "localhost") else bind)
         self.router = RpcRouter()
         self.rpc_server: RpcServer | None = None
         self.detector: Detector

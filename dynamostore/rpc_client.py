@@ -34,11 +34,15 @@ class RpcClient:
         connect_timeout: float = 1.0,
         max_frame: int = w.DEFAULT_MAX_FRAME,
         reconnect_backoff: float = 0.15,
+        local_host: str | None = None,
     ) -> None:
+        """`local_host`: the address outgoing connections come from (a node's own address, so a network
+        filter can tell nodes apart on a shared host); None lets the kernel choose."""
         self.node_id = node_id
         self.connect_timeout = connect_timeout
         self.max_frame = max_frame
         self.reconnect_backoff = reconnect_backoff
+        self.local_host = local_host
         self._secret = secret
         self._conns: dict[Addr, _ClientConn] = {}
         self._connecting: dict[Addr, asyncio.Task[_ClientConn]] = {}
@@ -208,7 +212,8 @@ class RpcClient:
 
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await loop.create_connection(factory, host, port)
+                local = (self.local_host, 0) if self.local_host else None
+                await loop.create_connection(factory, host, port, local_addr=local)
                 await made[0].ready
             return made[0]
         except BaseException as exc:

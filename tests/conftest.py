@@ -14,8 +14,9 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Start a real cluster of node processes; every one is stopped at the end of the test."""
     made: list[Cluster] = []
 
-    async def make(nodes: int = 3, settings: dict[str, Any] | None = None, start: bool = True) -> Cluster:
-        c = Cluster(tmp_path / f"cluster{len(made)}", nodes, settings)
+    async def make(nodes: int = 3, settings: dict[str, Any] | None = None, start: bool = True,
+                   own_addresses: bool = False) -> Cluster:
+        c = Cluster(tmp_path / f"cluster{len(made)}", nodes, settings, own_addresses)
         made.append(c)
         if start:
             await c.start_all()

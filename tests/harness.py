@@ -41,16 +41,21 @@ async def wait_for(
 class Cluster:
     """N node processes sharing DIR/cluster.toml, like `dynamostore cluster`, but controllable per node."""
 
-    def __init__(self, root: Path, nodes: int, settings: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: Path, nodes: int, settings: dict[str, Any] | None = None,
+                 own_addresses: bool = False) -> None:
+        """`own_addresses`: node k listens (and connects from) 127.0.0.(k+1) instead of 127.0.0.1, so that
+        packet filters can cut the network between nodes (tests/nemesis.py partitions)."""
         self.root = root
         self.nodes = nodes
+        self.hosts = {f"n{k}": (f"127.0.0.{k + 1}" if own_addresses else "127.0.0.1") for k in range(1, nodes + 4)}
         self.base_port = free_base_port(nodes, spare=3)
         settings_file = None
         if settings:
             settings_file = root / "settings.toml"
             root.mkdir(parents=True, exist_ok=True)
             settings_file.write_text(tomli_w.dumps(settings))
-        self.config = write_cluster_file(root, nodes, self.base_port, settings_file)
+        hosts = [self.hosts[f"n{k}"] for k in range(1, nodes + 1)] if own_addresses else None
+        self.config = write_cluster_file(root, nodes, self.base_port, settings_file, hosts)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.session: aiohttp.ClientSession | None = None
 
@@ -62,7 +67,7 @@ class Cluster:
         return self.base_port + int(nid[1:]) - 1
 
     def url(self, nid: str) -> str:
-        return f"http://127.0.0.1:{self.http_port(nid)}"
+        return f"http://{self.hosts[nid]}:{self.http_port(nid)}"
 
     def rpc_port(self, nid: str) -> int:
         return self.base_port + int(nid[1:]) - 1 + RPC_PORT_OFFSET

@@ -7,7 +7,11 @@ Two halves:
   SIGSTOP then SIGCONT. It records the wall-clock windows during which a fault was active, so a workload can
   say how available the cluster was during the faults. `heal_all` undoes whatever is still in force.
 
-Network partitions (namespaces + iptables) are not implemented here yet: see docs/faults.md.
+- Network partitions: the cluster runs with one loopback address per node (`own_addresses`) inside a
+  network namespace the test made (tests/test_faults.py re-runs itself under `ip netns exec`), and the
+  nemesis cuts every path between the fault's nodes and the rest with iptables DROP rules in that
+  namespace (both directions), then deletes exactly those rules to heal. Clients (the test process, on
+  127.0.0.1) still reach every node, as in Jepsen: each side of the split keeps taking requests.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -25,6 +30,8 @@ from tests.harness import Cluster
 class FaultKind(str, Enum):
     KILL = "kill"    # kill -9, restart with the same data dir after `duration`
     PAUSE = "pause"  # SIGSTOP, SIGCONT after `duration`: the process keeps its sockets but answers nothing
+    PARTITION = "partition"  # the fault's nodes are cut off from the other nodes (not from clients)
+    BRIDGE = "bridge"  # nodes = (a, a', bridge, b, b'...): two sides that only the bridge node connects
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,10 @@ def make_schedule(seed: int, kinds: list[FaultKind], nodes: list[str], faults: i
     t = rng.uniform(*gap_s)
     for _ in range(faults):
         kind = rng.choice(kinds)
-        victims = tuple(sorted(rng.sample(nodes, rng.randint(1, max_down))))
+        if kind is FaultKind.BRIDGE:  # everyone takes part: side a, the bridge, side b
+            victims = tuple(rng.sample(nodes, len(nodes)))
+        else:
+            victims = tuple(sorted(rng.sample(nodes, rng.randint(1, max_down))))
         dur = round(rng.uniform(*duration_s), 3)
         out.append(Fault(kind, victims, round(t, 3), dur))
         t += dur + rng.uniform(*gap_s)
@@ -62,8 +72,32 @@ class Nemesis:
     windows: list[tuple[float, float]] = field(default_factory=list)  # monotonic (start, end) of each fault
     _paused: set[str] = field(default_factory=set)
     _killed: set[str] = field(default_factory=set)
+    _rules: list[list[str]] = field(default_factory=list)  # iptables rules in force, to delete on heal
+
+    def _cut(self, side: tuple[str, ...], others: list[str] | None = None) -> None:
+        """Drop every packet between `side` and `others` (default: every other node), both ways."""
+        hosts = self.cluster.hosts
+        if others is None:
+            others = [n for n in self.cluster.ids if n not in side]
+        for a in side:
+            for b in others:
+                for src, dst in ((hosts[a], hosts[b]), (hosts[b], hosts[a])):
+                    rule = ["INPUT", "-s", src, "-d", dst, "-j", "DROP"]
+                    subprocess.run(["iptables", "-A", *rule], check=True)
+                    self._rules.append(rule)
+
+    def _mend(self) -> None:
+        while self._rules:
+            subprocess.run(["iptables", "-D", *self._rules.pop()], check=True)
 
     async def inject(self, f: Fault) -> None:
+        if f.kind is FaultKind.PARTITION:
+            self._cut(f.nodes)
+            return
+        if f.kind is FaultKind.BRIDGE:
+            half = len(f.nodes) // 2
+            self._cut(f.nodes[:half], list(f.nodes[half + 1:]))  # f.nodes[half] bridges the two sides
+            return
         for nid in f.nodes:
             if f.kind is FaultKind.KILL:
                 self.cluster.kill(nid, signal.SIGKILL)
@@ -73,6 +107,9 @@ class Nemesis:
                 self._paused.add(nid)
 
     async def heal(self, f: Fault) -> None:
+        if f.kind in (FaultKind.PARTITION, FaultKind.BRIDGE):
+            self._mend()
+            return
         for nid in f.nodes:
             if nid in self._paused:
                 self.cluster.kill(nid, signal.SIGCONT)
@@ -84,6 +121,7 @@ class Nemesis:
             await self.cluster.wait_healthy(nid)
 
     async def heal_all(self) -> None:
+        self._mend()
         for nid in sorted(self._paused):
             self.cluster.kill(nid, signal.SIGCONT)
         for nid in sorted(self._killed):
