@@ -244,7 +244,7 @@ class _ClientConn(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.buckets: dict[int, list[int]] = {}  # timeout tick -> request ids
         self.next_rid = 1
-        self.out: list[bytes] = []
+        self.cork = w.Cork(self.loop)
         self.cnonce = os.urandom(w.NONCE_BYTES)
         self.snonce = b""
         self.peer_id = ""
@@ -253,15 +253,8 @@ class _ClientConn(asyncio.Protocol):
     # -- hot path -----------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        out = self.out
-        out.append(data)
-        if len(out) == 1:
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        out, self.out = self.out, []
-        if out and not self.closed and self.transport is not None:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if not self.closed:
+            self.cork.write(data)
 
     def write_if_pending(self, rid: int, data: bytes) -> None:
         if rid in self.pending and not self.closed:
@@ -305,7 +298,7 @@ class _ClientConn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = self.cork.transport = cast(asyncio.Transport, transport)
         c = self.client
         self.transport.write(w.encode(self.packer, [w.HELLO, w.MAGIC, w.VERSION, c.node_id, self.cnonce]))
 
@@ -354,7 +347,7 @@ class _ClientConn(asyncio.Protocol):
     def _shutdown(self, reason: RpcError) -> None:
         """Fail the handshake and every in-flight call with `reason` (a fresh copy each)."""
         self.closed = True
-        self.out = []
+        self.cork.drop()
         self.client._lost(self)
         if not self.ready.done():
             self.ready.set_exception(_copy(reason))

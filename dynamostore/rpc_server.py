@@ -111,7 +111,7 @@ class _ServerConn(asyncio.Protocol):
         self.peer_addr: Any = None
         self.cnonce = b""
         self.snonce = b""
-        self.out: list[bytes] = []
+        self.cork = w.Cork(self.loop)
         self.tasks: set[asyncio.Task[None]] = set()
         self.hs_timer: asyncio.TimerHandle | None = None
 
@@ -119,7 +119,7 @@ class _ServerConn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = self.cork.transport = cast(asyncio.Transport, transport)
         self.peer_addr = transport.get_extra_info("peername")
         self.srv._conns.add(self)
         self.srv.stats["connections"] += 1
@@ -185,19 +185,7 @@ class _ServerConn(asyncio.Protocol):
                 self.packer,
                 [w.ERR, rid, w.CODE_TOO_LARGE, f"result of {len(data) - 4} bytes exceeds max_frame"],
             )
-        self._write(data)
-
-    def _write(self, data: bytes) -> None:
-        # Cork: everything written during this loop iteration leaves in one syscall.
-        out = self.out
-        out.append(data)
-        if len(out) == 1:
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        out, self.out = self.out, []
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self.cork.write(data)
 
     # -- handshake and protocol errors -------------------------------------------------
 
@@ -258,7 +246,7 @@ class _ServerConn(asyncio.Protocol):
         """Tell the peer why, then close (transport.close flushes what was written first)."""
         if self.state == _CLOSED or self.transport is None:
             return
-        self._flush()  # answers already produced go out before the error
+        self.cork.flush()  # answers already produced go out before the error
         try:
             self._send_now([w.FATAL, code, message])
         except Exception:  # the socket may already be gone; closing is what matters
@@ -272,5 +260,5 @@ class _ServerConn(asyncio.Protocol):
                 self.hs_timer.cancel()
                 self.hs_timer = None
             if self.transport is not None:
-                self._flush()
+                self.cork.flush()
                 self.transport.close()

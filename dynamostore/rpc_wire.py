@@ -25,6 +25,7 @@ refused by the server (which logs it), instead of giving up silently on its own 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import struct
@@ -208,3 +209,30 @@ def server_proof(secret: bytes, cnonce: bytes, snonce: bytes, client_id: str, se
 def proof_ok(expected: bytes, got: object) -> bool:
     """Constant-time comparison that also tolerates a peer sending a non-bytes proof."""
     return isinstance(got, bytes) and hmac.compare_digest(expected, got)
+
+
+class Cork:
+    """Outgoing frames of one connection: everything written during one loop iteration leaves in a single
+    transport.write (one syscall), measured faster than writing each frame at once. Both ends use it."""
+
+    __slots__ = ("loop", "transport", "out")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.out: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        out = self.out
+        out.append(data)
+        if len(out) == 1:
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        out, self.out = self.out, []
+        t = self.transport
+        if out and t is not None and not t.is_closing():
+            t.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def drop(self) -> None:
+        self.out = []
