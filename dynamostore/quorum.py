@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from antientropy.readrepair import ReadReply, plan_read_repair
 from dynamostore.versioning import VersionSet, digest, sync_all
 
 LEVELS = {"ONE": 1, "TWO": 2, "THREE": 3}
@@ -173,9 +174,5 @@ class GetTally:
         merged = self.merged()
         if merged is None:
             return []
-        want = digest(merged)
-        return [
-            r.node
-            for r in self.replies
-            if (r.primary or include_fallbacks) and digest(r.state) != want
-        ]
+        replies = [ReadReply(r.node, r.primary, digest(r.state)) for r in self.replies]
+        return list(plan_read_repair(replies, digest(merged), include_fallbacks=include_fallbacks).targets)
