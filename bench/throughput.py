@@ -1,11 +1,15 @@
 """Throughput and tail latency of a local 3-node cluster under wrk, side by side with the etcd anchor.
 
-    .venv/bin/python bench/throughput.py [--duration 10] [--connections 32] [--threads 2] [--no-etcd]
+    .venv/bin/python bench/throughput.py [--duration 10] [--connections 32] [--threads 2] [--no-etcd] [--spread]
 
 Starts `dynamostore cluster --nodes 3` (N=3, R=W=2) in a temporary directory, preloads the 10,000 keys,
 then runs wrk with the same settings as ../shared/anchors (random 100-byte puts, random gets, 10k keys,
 -t2 -c32) against node n1; then, unless --no-etcd, starts the 3-member etcd anchor and runs its scripts
 with the same wrk settings. Prints one table with throughput, p50, p99 and the ratios.
+
+--spread drives every node of both systems at once instead (one wrk -t1 per node, the 32 connections split
+11/11/10), as clients of a leaderless store do (any node coordinates any key; Riak puts a load balancer in
+front of all nodes, Cassandra's drivers pick coordinators across the cluster). etcd gets the same treatment.
 Needs wrk and etcd from Debian's packages (apt-get install -y wrk etcd-server etcd-client).
 """
 
@@ -48,13 +52,29 @@ def parse_wrk(out: str) -> dict[str, float]:
     return res
 
 
-def wrk(url: str, script: Path, args: argparse.Namespace) -> dict[str, float]:
-    cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
-           "-s", str(script), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    if args.verbose:
-        print(out)
-    return parse_wrk(out)
+def wrk(urls: list[str], script: Path, args: argparse.Namespace) -> dict[str, float]:
+    """One wrk against urls[0] (-t threads, -c connections); with several urls (--spread), one wrk -t1 per url
+    at the same time, the connections split between them. Throughput is the sum; p50 and p99 are the largest
+    of the runs' own (an upper bound: no more than 1% of all requests can be slower than every run's p99)."""
+    if len(urls) == 1:
+        cmds = [["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
+                 "-s", str(script), urls[0]]]
+    else:
+        share = [args.connections // len(urls) + (i < args.connections % len(urls)) for i in range(len(urls))]
+        cmds = [["wrk", "-t1", f"-c{c}", f"-d{args.duration}s", "--latency", "-s", str(script), u]
+                for u, c in zip(urls, share)]
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    runs = []
+    for p in procs:
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"wrk failed: {err.strip()}")
+        if args.verbose:
+            print(out)
+        runs.append(parse_wrk(out))
+    res = {k: sum(r[k] for r in runs) for k in ("rps", "non2xx", "sock_errors")}
+    res.update({k: max(r[k] for r in runs) for k in ("p50", "p99")})
+    return res
 
 
 def wait_http(url: str, timeout: float = 30) -> None:
@@ -100,10 +120,11 @@ def bench_dynamostore(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         for k in range(3):
             wait_http(f"http://127.0.0.1:{port + k}/health")
         base = f"http://127.0.0.1:{port}"
+        urls = [f"http://127.0.0.1:{port + k}" for k in range(3 if args.spread else 1)]
         time.sleep(1.0)  # let heartbeats settle so no request is routed around a node still starting
         preload(base)
         # gets first, while every key holds one value (blind puts then add siblings, as they must)
-        res = {"get": wrk(base, HERE / "wrk/ds_get.lua", args), "put": wrk(base, HERE / "wrk/ds_put.lua", args)}
+        res = {"get": wrk(urls, HERE / "wrk/ds_get.lua", args), "put": wrk(urls, HERE / "wrk/ds_put.lua", args)}
         return res
     finally:
         os.killpg(proc.pid, signal.SIGINT)
@@ -115,8 +136,8 @@ def bench_etcd(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     d = Path(tempfile.mkdtemp(prefix="etcd-bench-"))
     subprocess.run(["bash", str(ANCHORS / "etcd_cluster.sh"), str(d)], check=True, capture_output=True)
     try:
-        url = "http://127.0.0.1:22379"
-        return {"put": wrk(url, ANCHORS / "etcd_put.lua", args), "get": wrk(url, ANCHORS / "etcd_get.lua", args)}
+        urls = [f"http://127.0.0.1:{22379 + 2 * k}" for k in range(3 if args.spread else 1)]
+        return {"put": wrk(urls, ANCHORS / "etcd_put.lua", args), "get": wrk(urls, ANCHORS / "etcd_get.lua", args)}
     finally:
         pids = (d / "pids").read_text().split()
         for p in pids:
@@ -135,6 +156,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--base-port", type=int, default=18101)
     ap.add_argument("--no-etcd", action="store_true")
+    ap.add_argument("--spread", action="store_true",
+                    help="drive all three nodes (and all three etcd members) at once, one wrk -t1 each, the "
+                         "connections split between them, instead of one wrk against the first")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     if not shutil.which("wrk"):
@@ -142,7 +166,8 @@ def main() -> int:
         return 2
     ds = bench_dynamostore(args)
     etcd = None if args.no_etcd else bench_etcd(args)
-    print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration}s, 100-byte values, 10k keys, node 1 of 3")
+    where = "spread over all 3 nodes/members (one wrk -t1 each)" if args.spread else f"-t{args.threads}, node 1 of 3"
+    print(f"\nwrk -c{args.connections} -d{args.duration}s {where}, 100-byte values, 10k keys")
     print(f"{'system':<22}{'op':<5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name, res in [("dynamostore N3 R2 W2", ds)] + ([("etcd 3 members", etcd)] if etcd else []):
         for op in ("put", "get"):

@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
+from dynamostore.http_server import Request, Response, json_response
 from ring.membership import (
     ClearStaged,
     Command,
@@ -82,7 +81,7 @@ class AdminApi:
         except MembershipError as exc:
             raise AdminError(503, str(exc)) from exc
 
-    async def _propose(self, cmd: Command) -> web.Response:
+    async def _propose(self, cmd: Command) -> Response:
         from dynamostore.membership_node import MembershipError
 
         try:
@@ -91,38 +90,38 @@ class AdminApi:
             raise AdminError(503, str(exc)) from exc
         if not res.ok:
             raise AdminError(409, res.reason)
-        return web.json_response({"ok": True, "epoch": res.epoch, "state": describe(await self._state())})
+        return json_response({"ok": True, "epoch": res.epoch, "state": describe(await self._state())})
 
-    async def members(self, request: web.BaseRequest) -> web.Response:
+    async def members(self, request: Request) -> Response:
         st = await self._state()
-        return web.json_response({**describe(st), "raft": self.node.membership.raft.status()})
+        return json_response({**describe(st), "raft": self.node.membership.raft.status()})
 
-    async def join(self, request: web.BaseRequest) -> web.Response:
+    async def join(self, request: Request) -> Response:
         m = _member(await _json(request))
         return await self._propose(StageJoin(m))
 
-    async def leave(self, request: web.BaseRequest) -> web.Response:
+    async def leave(self, request: Request) -> Response:
         return await self._propose(StageLeave(_id(await _json(request))))
 
-    async def remove(self, request: web.BaseRequest) -> web.Response:
+    async def remove(self, request: Request) -> Response:
         node_id = _id(await _json(request))
         if self.node.detector.is_up(node_id) and node_id in self.node.detector.peers:
             raise AdminError(409, f"{node_id} is up: use leave for a live node (remove is for a dead one)")
         return await self._propose(StageRemove(node_id))
 
-    async def replace(self, request: web.BaseRequest) -> web.Response:
+    async def replace(self, request: Request) -> Response:
         doc = await _json(request)
         old = str(doc.get("old", ""))
         dead = not (self.node.detector.is_up(old) and old in self.node.detector.peers)
         return await self._propose(StageReplace(old, _member(doc.get("new", {})), dead))
 
-    async def clear(self, request: web.BaseRequest) -> web.Response:
+    async def clear(self, request: Request) -> Response:
         return await self._propose(ClearStaged())
 
-    async def plan(self, request: web.BaseRequest) -> web.Response:
+    async def plan(self, request: Request) -> Response:
         st = await self._state()
         p = plan(st)
-        return web.json_response({
+        return json_response({
             "epoch": st.epoch,
             "changes": [_change(c) for c in p.changes],
             "moves": p.moves(),
@@ -143,7 +142,7 @@ class AdminApi:
                     pass
         return reachable
 
-    async def commit(self, request: web.BaseRequest) -> web.Response:
+    async def commit(self, request: Request) -> Response:
         st = await self._state()
         errors = validate_commit(st, await self._reachable(st))
         if errors:
@@ -151,10 +150,10 @@ class AdminApi:
         return await self._propose(Commit(st.epoch))
 
 
-async def _json(request: web.BaseRequest) -> Any:
+async def _json(request: Request) -> Any:
     try:
         return await request.json()
-    except ValueError as exc:
+    except ValueError as exc:  # http_server.InvalidJSON
         raise AdminError(400, "the body must be JSON") from exc
 
 
@@ -164,7 +163,7 @@ def _id(doc: Any) -> str:
     return str(doc["id"])
 
 
-def admin_routes(node: Node) -> dict[tuple[str, str], Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]]:
+def admin_routes(node: Node) -> dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]:
     api = AdminApi(node)
     return {
         ("GET", "/admin/members"): api.members,

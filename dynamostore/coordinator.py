@@ -3,8 +3,12 @@
 A put is coordinated by a node in the key's active preference list (any other node forwards it): the
 coordinator applies the write locally (minting its dot), sends the resulting state to the other targets,
 and answers as soon as the tally is satisfied or cannot be. A get is coordinated by whichever node received
-it: it asks every target, answers once R replies are in, then keeps listening for the stragglers for a
-short while and repairs the stale primaries in the background (read repair).
+it: it asks R targets (its own copy first, read on the loop), more only when one fails or is slow, answers
+once R replies are in, then keeps listening for the stragglers for a short while and repairs the stale
+primaries in the background (read repair).
+
+Answers are fed to the tally from the replica calls' done callbacks (`_Gather`), and the coordinator wakes
+once, when the tally is decided or a deadline passes: no task or `asyncio.wait` per request.
 
 Replica calls that are still running when the client is answered are not cancelled: replication completes
 in the background and its outcome still feeds the failure detector.
@@ -16,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from dynamostore import versioning as v
 from dynamostore.quorum import GetTally, PutTally, Reply
@@ -92,6 +96,9 @@ class ClusterView(Protocol):
 
     @property
     def ring(self) -> Ring: ...
+    @property
+    def liveness_version(self) -> int:
+        """Changes whenever some peer goes up or down (preference lists are cached per version)."""
     def up_set(self) -> set[str]: ...
     def may_hint(self, primary: str) -> bool: ...
     def extra_targets(self, partition: int) -> tuple[str, ...]: ...
@@ -100,11 +107,85 @@ class ClusterView(Protocol):
     def spawn(self, coro: Awaitable[None], name: str) -> None: ...
 
 
-def _retrieve(f: asyncio.Future[Any]) -> None:
-    """Replica calls may finish after the client was answered; retrieve their errors so none is 'never
-    retrieved' (the node's call wrapper has already fed each outcome to the failure detector)."""
-    if not f.cancelled():
-        f.exception()
+Answer = Callable[[Target, Any, "BaseException | None"], None]
+
+
+class _Gather:
+    """The replica calls of one request: answers go to `on_answer` as they arrive (done callbacks, so they
+    keep arriving after the client was answered: read repair listens to them), and `wait` wakes the
+    coordinator once, when its condition holds, every call has answered, or a deadline passes."""
+
+    __slots__ = ("loop", "on_answer", "calls", "pending", "_waiter", "_until")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_answer: Answer) -> None:
+        self.loop = loop
+        self.on_answer = on_answer
+        self.calls: dict[asyncio.Future[Any], Target] = {}
+        self.pending = 0
+        self._waiter: asyncio.Future[bool] | None = None
+        self._until: Callable[[], bool] = bool
+
+    def add(self, fut: asyncio.Future[Any], target: Target) -> None:
+        self.calls[fut] = target
+        self.pending += 1
+        fut.add_done_callback(self._arrived)
+
+    def answered(self, target: Target, result: Any, exc: BaseException | None) -> None:
+        """An answer obtained synchronously (this node's own copy, read on the loop)."""
+        self.on_answer(target, result, exc)
+        self._check()
+
+    def _arrived(self, fut: asyncio.Future[Any]) -> None:
+        self.pending -= 1
+        if fut.cancelled():
+            self.on_answer(self.calls[fut], None, asyncio.CancelledError())
+        else:
+            exc = fut.exception()  # retrieved here, so a late failure is never 'never retrieved'
+            self.on_answer(self.calls[fut], None if exc is not None else fut.result(), exc)
+        self._check()
+
+    def _check(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done() and (self.pending == 0 or self._until()):
+            w.set_result(False)
+
+    async def wait(
+        self,
+        until: Callable[[], bool],
+        deadline: float,
+        soft_deadline: float | None = None,
+        on_slow: Callable[[Target], None] | None = None,
+    ) -> bool:
+        """Wait until `until()` or no call is pending; True when `deadline` passed first. At `soft_deadline`,
+        `on_slow` is told once about each call not answered yet (it may add calls, which are waited for too)."""
+        if until() or self.pending == 0:
+            return False
+        if self.loop.time() >= deadline:
+            return True
+        w = self._waiter = self.loop.create_future()
+        self._until = until
+        timer = self.loop.call_at(deadline, _expire, w)
+        slow = None
+        if soft_deadline is not None and on_slow is not None and soft_deadline < deadline:
+            slow = self.loop.call_at(soft_deadline, self._slow, on_slow)
+        try:
+            return await w
+        finally:
+            timer.cancel()
+            if slow is not None:
+                slow.cancel()
+            self._waiter = None
+
+    def _slow(self, on_slow: Callable[[Target], None]) -> None:
+        for f, t in list(self.calls.items()):
+            if not f.done():
+                on_slow(t)
+        self._check()
+
+
+def _expire(w: asyncio.Future[bool]) -> None:
+    if not w.done():
+        w.set_result(True)
 
 
 def _unreachable(name: str, n: int, pn: int, targets: list[Target], spares: list[str]) -> str:
@@ -121,22 +202,50 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class _Plan(NamedTuple):
+    targets: list[Target]
+    spares: list[str]
+    me: Target | None
+    local_first: list[Target]  # this node first (its copy is read on the loop), then the apl order
+
+
 class Coordinator:
     def __init__(self, view: ClusterView, replica: LocalReplica) -> None:
         self.view = view
         self.replica = replica
         self.read_repairs = 0  # counters for /metrics
         self.forwarded = 0
+        # Plans per (partition, sloppy) for one ring, N and liveness version; only plans made of primaries
+        # are cached (a fallback's eligibility also depends on the hint caps of the handoff worker).
+        self._plan_for: tuple[Ring | None, int, int] = (None, 0, -1)
+        self._plans: dict[tuple[int, bool], _Plan] = {}
 
-    def targets(self, ref: KeyRef, sloppy: bool) -> tuple[list[Target], list[str]]:
-        """The active preference list, and the spare fallbacks left over to replace a failing target."""
-        ring, n, up = self.view.ring, self.view.n_val, self.view.up_set()
-        ts = [t for t in apl(ring, ref.partition, n, up) if t.hint_for is None or self.view.may_hint(t.hint_for)]
+    def plan(self, ref: KeyRef, sloppy: bool) -> _Plan:
+        """The active preference list of a key, the spare fallbacks left over to replace a failing target,
+        this node's place in it, and the order reads ask in. Shared: callers must not modify it."""
+        view = self.view
+        ring, n, version = view.ring, view.n_val, view.liveness_version
+        cached_ring, cached_n, cached_version = self._plan_for
+        if ring is not cached_ring or n != cached_n or version != cached_version:
+            self._plan_for, self._plans = (ring, n, version), {}
+        plan = self._plans.get((ref.partition, sloppy))
+        if plan is not None:
+            return plan
+        up = view.up_set()
+        ts = [t for t in apl(ring, ref.partition, n, up) if t.hint_for is None or view.may_hint(t.hint_for)]
+        spares: list[str] = []
         if not sloppy:
-            return [t for t in ts if t.is_primary], []
-        used = {t.node for t in ts}
-        _, fallbacks = ring.preference_list(ref.partition, n)
-        return ts, [f for f in fallbacks if f in up and f not in used]
+            ts = [t for t in ts if t.is_primary]
+        else:
+            used = {t.node for t in ts}
+            _, fallbacks = ring.preference_list(ref.partition, n)
+            spares = [f for f in fallbacks if f in up and f not in used]
+        me = next((t for t in ts if t.node == view.node_id), None)
+        local_first = ([me] if me is not None else []) + [t for t in ts if t is not me]
+        plan = _Plan(ts, spares, me, local_first)
+        if all(t.is_primary for t in ts):
+            self._plans[(ref.partition, sloppy)] = plan
+        return plan
 
     # --- writes --------------------------------------------------------------------------------------
 
@@ -146,27 +255,24 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + opts.timeout
         ref = self.replica.ref(key)
-        targets, spares = self.targets(ref, opts.sloppy)
-        me = next((t for t in targets if t.node == self.view.node_id), None)
+        targets, spare_nodes, me, _ = self.plan(ref, opts.sloppy)
         if me is None:
             return await self._forward(ref, value, content_type, context, opts, targets, deadline)
         pw = opts.pw if opts.sloppy else max(opts.pw, opts.w)
-        tally = PutTally(w=opts.w, dw=opts.dw, pw=pw, targets=len(targets) + len(spares))
+        tally = PutTally(w=opts.w, dw=opts.dw, pw=pw, targets=len(targets) + len(spare_nodes))
         if tally.impossible():
-            raise Unavailable(_unreachable("w", opts.w, pw, targets, spares))
+            raise Unavailable(_unreachable("w", opts.w, pw, targets, spare_nodes))
         tally.targets = len(targets)
+        spares = list(spare_nodes)
         durable = opts.dw > 0
         state = await self.replica.coordinate(
             ref, context, value, content_type, durable=durable, hint_for=me.hint_for
         )
         tally.add_ack(self.view.node_id, primary=me.is_primary, durable=durable)
-        raw = v.encode(state)
-        calls: dict[asyncio.Future[Any], Target] = {}
+        raw = v.encode(state, local=False)
 
         def send(t: Target) -> None:
-            fut = self.view.call_future(t.node, "kv.put", [key, raw, durable, t.hint_for], opts.timeout)
-            fut.add_done_callback(_retrieve)
-            calls[fut] = t
+            gather.add(self.view.call_future(t.node, "kv.put", [key, raw, durable, t.hint_for], opts.timeout), t)
 
         def replace(t: Target) -> None:
             # Sloppy quorum: a target that failed or is slow is replaced by the next spare fallback,
@@ -182,6 +288,7 @@ class Coordinator:
                 tally.add_error(t.node, _reason(exc))
                 replace(t)
 
+        gather = _Gather(loop, answer)
         for t in targets:
             if t is not me:
                 send(t)
@@ -189,10 +296,10 @@ class Coordinator:
         # not serve reads for the partition until its stream is done).
         for extra in self.view.extra_targets(ref.partition):
             if all(extra != t.node for t in targets):
-                f = self.view.call_future(extra, "kv.put", [key, raw, durable, None], opts.timeout)
-                f.add_done_callback(_retrieve)
+                self.view.call_future(extra, "kv.put", [key, raw, durable, None], opts.timeout).add_done_callback(
+                    _retrieve)
         soft = loop.time() + min(self.view.replica_timeout, opts.timeout / 2)
-        timed_out = await self._collect(calls, set(), deadline, tally.done, answer, soft, replace)
+        timed_out = await gather.wait(tally.done, deadline, soft, replace)
         out = tally.outcome(timed_out)
         if not out.ok:
             raise Unavailable(out.reason)
@@ -252,39 +359,28 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + opts.timeout
         ref = self.replica.ref(key)
-        targets, _ = self.targets(ref, opts.sloppy)
+        targets, _, _, order = self.plan(ref, opts.sloppy)
         pr = opts.pr if opts.sloppy else max(opts.pr, opts.r)
         tally = GetTally(r=opts.r, pr=pr, targets=len(targets))
         if tally.impossible():
             raise Unavailable(_unreachable("r", opts.r, pr, targets, []))
         me = self.view.node_id
-        order = sorted(targets, key=lambda t: t.node != me)  # stable: apl order otherwise
         first = len(order) if (self.view.read_all or pr > 0) else opts.r
         reserve = order[first:]
         tally.reserve = len(reserve)
-        calls: dict[asyncio.Future[Any], Target] = {}
 
         def ask(t: Target) -> None:
-            if t.node == me:
-                fut: asyncio.Future[Any] = asyncio.ensure_future(self.replica.get(ref, t.hint_for))
+            if t.node != me:
+                gather.add(self.view.call_future(t.node, "kv.get", [key, t.hint_for], opts.timeout), t)
+            elif self.replica.reads_on_loop:
+                try:
+                    raw = self.replica.read_now(ref, t.hint_for)
+                except Exception as exc:  # noqa: BLE001 - reported to the tally like a replica error
+                    gather.answered(t, None, exc)
+                else:
+                    gather.answered(t, raw, None)
             else:
-                fut = self.view.call_future(t.node, "kv.get", [key, t.hint_for], opts.timeout)
-            fut.add_done_callback(_retrieve)
-            calls[fut] = t
-
-        async def ask_local_last(ts: list[Target]) -> None:
-            # Remote replicas first, so they work while this node reads its own copy (no task for it).
-            for t in ts:
-                if t.node != me:
-                    ask(t)
-            for t in ts:
-                if t.node == me:
-                    done: asyncio.Future[Any] = loop.create_future()
-                    try:
-                        done.set_result(await self.replica.get(ref, t.hint_for))
-                    except Exception as exc:  # noqa: BLE001 - reported to the tally like a replica error
-                        done.set_exception(exc)
-                    calls[done] = t
+                gather.add(asyncio.ensure_future(self.replica.read(ref, t.hint_for)), t)
 
         def ask_another(_: Target) -> None:
             if reserve and not tally.satisfied():
@@ -295,36 +391,35 @@ class Coordinator:
             if exc is not None:
                 tally.add_error(t.node, _reason(exc))
                 ask_another(t)
-                return
-            state = res if (res is None or isinstance(res, v.VersionSet)) else v.decode(res)
-            tally.add_reply(Reply(t.node, t.is_primary, state))
+            elif res is None or type(res) is bytes:
+                tally.add_reply(Reply(t.node, t.is_primary, raw=res))
+            else:
+                tally.add_error(t.node, f"answered {type(res).__name__}, not a version")
+                ask_another(t)
 
-        await ask_local_last(order[:first])
-        seen: set[asyncio.Future[Any]] = set()
+        gather = _Gather(loop, answer)
+        # Remote replicas first, so they work while this node reads its own copy.
+        for t in order[1:first]:
+            ask(t)
+        if first:
+            ask(order[0])
         soft = loop.time() + min(self.view.replica_timeout, opts.timeout / 2)
-        timed_out = await self._collect(calls, seen, deadline, tally.done, answer, soft, ask_another)
+        timed_out = await gather.wait(tally.done, deadline, soft, ask_another)
         out = tally.outcome(timed_out)
         if not out.ok:
             raise Unavailable(out.reason)
-        if len(seen) < len(calls) or tally.repairs():
-            self.view.spawn(self._read_repair(ref, tally, calls, seen, answer), "read-repair")
+        if gather.pending or tally.repairs():
+            self.view.spawn(self._read_repair(ref, tally, gather), "read-repair")
         return GetResult(self.view.node_id, out.replies, out.hinted, out.state)
 
-    async def _read_repair(
-        self,
-        ref: KeyRef,
-        tally: GetTally,
-        calls: dict[asyncio.Future[Any], Target],
-        seen: set[asyncio.Future[Any]],
-        answer: Callable[[Target, Any, BaseException | None], None],
-    ) -> None:
+    async def _read_repair(self, ref: KeyRef, tally: GetTally, gather: _Gather) -> None:
         loop = asyncio.get_running_loop()
-        await self._collect(calls, seen, loop.time() + self.view.repair_wait, tally.all_in, answer)
+        await gather.wait(tally.all_in, loop.time() + self.view.repair_wait)
         stale = tally.repairs()
         merged = tally.merged()
         if not stale or merged is None:
             return
-        raw = v.encode(merged)
+        raw = v.encode(merged, local=False)
         for node in stale:
             try:
                 if node == self.view.node_id:
@@ -335,46 +430,9 @@ class Coordinator:
             except Exception as exc:  # noqa: BLE001 - repair is best effort; anti-entropy catches the rest
                 log.debug("read repair of %r on %s failed: %s", ref.key, node, exc)
 
-    # --- shared --------------------------------------------------------------------------------------
 
-    @staticmethod
-    async def _collect(
-        calls: dict[asyncio.Future[Any], Target],
-        seen: set[asyncio.Future[Any]],
-        deadline: float,
-        done: Callable[[], bool],
-        on_answer: Callable[[Target, Any, BaseException | None], None],
-        soft_deadline: float | None = None,
-        on_slow: Callable[[Target], None] | None = None,
-    ) -> bool:
-        """Feed answers to `on_answer` until `done()` or the deadline. True when it timed out.
-
-        `on_answer` may add calls (a replacement target); they are waited for too. At `soft_deadline`,
-        `on_slow` is told once about each target that has not answered yet. Futures still running at the
-        end keep running; a later _collect with the same `seen` set picks their answers up (read repair
-        does); each future is reported once.
-        """
-        loop = asyncio.get_running_loop()
-        while not done():
-            pending = [f for f in calls if f not in seen]
-            for f in pending:
-                if f.done():
-                    seen.add(f)
-                    exc = f.exception()
-                    on_answer(calls[f], None if exc else f.result(), exc)
-            pending = [f for f in calls if f not in seen]
-            if done() or not pending:
-                break
-            now = loop.time()
-            if now >= deadline:
-                return True
-            wake = deadline
-            if soft_deadline is not None and on_slow is not None:
-                if now >= soft_deadline:
-                    for f in pending:
-                        on_slow(calls[f])
-                    soft_deadline = None
-                    continue
-                wake = min(wake, soft_deadline)
-            await asyncio.wait(pending, timeout=wake - now, return_when=asyncio.FIRST_COMPLETED)
-        return False
+def _retrieve(f: asyncio.Future[Any]) -> None:
+    """A write to a partition's next owner is not waited for: retrieve its outcome so an error is never
+    'never retrieved' (the node's call wrapper has already fed it to the failure detector and metrics)."""
+    if not f.cancelled():
+        f.exception()

@@ -1,4 +1,4 @@
-"""The client-facing HTTP API (aiohttp): /kv/{key}, /health, /status, /metrics, /openapi.json.
+"""The client-facing HTTP API (on dynamostore.http_server): /kv/{key}, /health, /status, /metrics, /openapi.json.
 
 Handlers only translate: parse and validate the request (400/413 with a JSON reason before anything is
 touched), call the coordinator, and render what happened (coordinator, acknowledgements, hinted count).
@@ -9,17 +9,23 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from aiohttp import MultipartWriter, web
 
 from dynamostore import versioning as v
 from dynamostore.admin_api import AdminError, admin_routes
 from dynamostore.context import ContextCodec, InvalidContext
 from dynamostore.coordinator import ForwardError, ReadOptions, Unavailable, WriteOptions
+from dynamostore.http_server import (
+    HttpServer,
+    InvalidJSON,
+    Request,
+    Response,
+    json_response,
+)
 from dynamostore.openapi import spec
 from dynamostore.quorum import QuorumError, parse_quorum
 from dynamostore.replica import SiblingLimitError
@@ -30,14 +36,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+ADMIN_BODY_LIMIT = 64 * 1024  # admin and debug bodies are small JSON documents
 
 
 class BadRequest(Exception):
     pass
 
 
-def error(status: int, err: str, reason: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": err, "reason": reason, **extra}, status=status)
+def error(status: int, err: str, reason: str, **extra: Any) -> Response:
+    return json_response({"error": err, "reason": reason, **extra}, status=status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +64,7 @@ class Api:
 
     # --- request parsing ------------------------------------------------------------------------------
 
-    def _key(self, request: web.BaseRequest) -> bytes:
+    def _key(self, request: Request) -> bytes:
         raw = request.path[4:] if request.path.startswith("/kv/") else ""
         if not raw:
             raise BadRequest("the key is empty")
@@ -66,8 +73,8 @@ class Api:
             raise BadRequest(f"the key is {len(key)} bytes, longer than the limit of {self.limits.max_key_bytes}")
         return key
 
-    def _context(self, request: web.BaseRequest, key: bytes) -> dict[str, int]:
-        token = request.headers.get("X-Context")
+    def _context(self, request: Request, key: bytes) -> dict[str, int]:
+        token = request.headers.get("x-context")
         if token is None or token.strip() == "":
             return {}
         try:
@@ -75,13 +82,14 @@ class Api:
         except InvalidContext as exc:
             raise BadRequest(str(exc)) from exc
 
-    def _quorum(self, request: web.BaseRequest, header: str, param: str, default: int) -> int:
-        if header and header in request.headers:
-            return self._level(request.headers[header], header)
-        if param in request.query:
+    def _quorum(self, request: Request, header: str, param: str, default: int) -> int:
+        hdrs = request.headers  # lower-cased names; `header` is the name as users spell it (for messages)
+        if header and (raw := hdrs.get(header.lower())) is not None:
+            return self._level(raw, header)
+        if request.query_string and param in request.query:
             return self._level(request.query[param], f"?{param}")
-        if header != "" and "X-Consistency-Level" in request.headers and param in ("r", "w"):
-            return self._level(request.headers["X-Consistency-Level"], "X-Consistency-Level")
+        if header != "" and param in ("r", "w") and (raw := hdrs.get("x-consistency-level")) is not None:
+            return self._level(raw, "X-Consistency-Level")
         return default
 
     def _level(self, raw: str, name: str) -> int:
@@ -91,8 +99,8 @@ class Api:
             raise BadRequest(str(exc)) from exc
         return value
 
-    def _sloppy(self, request: web.BaseRequest) -> bool:
-        raw = request.headers.get("X-Sloppy-Quorum")
+    def _sloppy(self, request: Request) -> bool:
+        raw = request.headers.get("x-sloppy-quorum")
         if raw is None:
             return self.q.sloppy
         low = raw.strip().lower()
@@ -102,15 +110,15 @@ class Api:
             return False
         raise BadRequest(f"X-Sloppy-Quorum must be true or false (got {raw!r})")
 
-    def _timeout(self, request: web.BaseRequest) -> float:
-        raw = request.headers.get("X-Timeout-Ms")
+    def _timeout(self, request: Request) -> float:
+        raw = request.headers.get("x-timeout-ms")
         if raw is None:
             return self.q.timeout_ms / 1000
         if not raw.strip().isdigit() or not 1 <= int(raw) <= 120_000:
             raise BadRequest(f"X-Timeout-Ms must be an integer from 1 to 120000 (got {raw!r})")
         return int(raw) / 1000
 
-    def _write_opts(self, request: web.BaseRequest) -> WriteOptions:
+    def _write_opts(self, request: Request) -> WriteOptions:
         w = self._quorum(request, "X-Write-Quorum", "w", self.q.w)
         dw = self._quorum(request, "X-Durable-Writes", "dw", self.q.dw)
         pw = self._quorum(request, "", "pw", 0)
@@ -118,7 +126,7 @@ class Api:
             w = dw  # a durable ack is an ack: asking DW=3 with W=2 means three replicas must answer
         return WriteOptions(w=w, dw=dw, pw=pw, sloppy=self._sloppy(request), timeout=self._timeout(request))
 
-    def _read_opts(self, request: web.BaseRequest) -> ReadOptions:
+    def _read_opts(self, request: Request) -> ReadOptions:
         r = self._quorum(request, "X-Read-Quorum", "r", self.q.r)
         pr = self._quorum(request, "", "pr", 0)
         return ReadOptions(r=r, pr=pr, sloppy=self._sloppy(request), timeout=self._timeout(request))
@@ -126,19 +134,19 @@ class Api:
     # --- rendering ------------------------------------------------------------------------------------
 
     def _render_state(
-        self, request: web.BaseRequest, key: bytes, state: v.VersionSet | None, headers: dict[str, str]
-    ) -> web.StreamResponse:
+        self, request: Request, key: bytes, state: v.VersionSet | None, headers: dict[str, str]
+    ) -> Response:
         if state is not None:
             headers["X-Context"] = self.codec.encode(key, state.clock)
         if state is None or state.is_deleted:
-            return web.json_response({"error": "not_found", "reason": "no value for this key"}, status=404,
-                                     headers=headers)
+            return json_response({"error": "not_found", "reason": "no value for this key"}, status=404,
+                                 headers=headers)
         live = state.live
         if len(live) == 1:
             s = live[0]
-            return web.Response(body=s.value, status=200, headers={**headers, "Content-Type": s.content_type})
+            return Response(s.value or b"", 200, {**headers, "Content-Type": s.content_type})
         headers["X-Siblings"] = str(len(live))
-        if JSON in request.headers.get("Accept", ""):
+        if JSON in request.headers.get("accept", ""):
             body = {
                 "siblings": [
                     {"value": base64.b64encode(s.value or b"").decode(), "content_type": s.content_type,
@@ -147,42 +155,38 @@ class Api:
                 ],
                 "context": headers["X-Context"],
             }
-            return web.json_response(body, status=300, headers=headers)
-        mp = MultipartWriter("mixed")
-        for s in live:
-            mp.append(s.value or b"", {"Content-Type": s.content_type, "X-Dot": f"{s.dot[0]}:{s.dot[1]}"})
-        return web.Response(body=mp, status=300, headers=headers)
+            return json_response(body, status=300, headers=headers)
+        multipart, ctype = _multipart(live)
+        return Response(multipart, 300, headers, ctype)
 
     # --- handlers -------------------------------------------------------------------------------------
 
-    async def get(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def get(self, request: Request) -> Response:
         key = self._key(request)
         opts = self._read_opts(request)
         res = await self.node.coordinator.get(key, opts)
         headers = {"X-Coordinator": res.coordinator, "X-Replies": str(res.replies), "X-Hinted": str(res.hinted)}
         return self._render_state(request, key, res.state, headers)
 
-    async def put(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def put(self, request: Request) -> Response:
         key = self._key(request)
-        limit = self.limits.max_value_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return _too_large(request.content_length, limit)
+        # An over-limit body never gets here: the server answered 413 (too_large below) without reading it.
         opts = self._write_opts(request)
         ctx = self._context(request, key)
-        body = await request.read()  # capped by client_max_size: a longer chunked body answers 413
-        ctype = request.headers.get("Content-Type", "application/octet-stream")
+        body = request.body
+        ctype = request.headers.get("content-type", "application/octet-stream")
         return await self._write(request, key, body, ctype, ctx, opts)
 
-    async def delete(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def delete(self, request: Request) -> Response:
         key = self._key(request)
         opts = self._write_opts(request)
         ctx = self._context(request, key)
         return await self._write(request, key, None, "", ctx, opts)
 
     async def _write(
-        self, request: web.BaseRequest, key: bytes, value: bytes | None, ctype: str, ctx: dict[str, int],
+        self, request: Request, key: bytes, value: bytes | None, ctype: str, ctx: dict[str, int],
         opts: WriteOptions,
-    ) -> web.StreamResponse:
+    ) -> Response:
         try:
             res = await self.node.coordinator.put(key, value, ctype, ctx, opts)
         except SiblingLimitError as exc:
@@ -196,30 +200,30 @@ class Api:
             "X-Durable": str(res.durable),
             "X-Context": self.codec.encode(key, res.state.clock),
         }
-        if request.query.get("returnbody", "").lower() == "true" and value is not None:
+        if request.query_string and request.query.get("returnbody", "").lower() == "true" and value is not None:
             return self._render_state(request, key, res.state, headers)
-        return web.Response(status=204, headers=headers)
+        return Response(status=204, headers=headers)
 
-    async def health(self, request: web.BaseRequest) -> web.Response:
-        return web.json_response({"status": "ok", "node": self.node.node_id})
+    async def health(self, request: Request) -> Response:
+        return json_response({"status": "ok", "node": self.node.node_id})
 
-    async def status(self, request: web.BaseRequest) -> web.Response:
-        return web.json_response(self.node.status(), dumps=lambda o: json.dumps(o, default=str))
+    async def status(self, request: Request) -> Response:
+        return json_response(self.node.status(), dumps=lambda o: json.dumps(o, default=str))
 
-    async def metrics(self, request: web.BaseRequest) -> web.Response:
-        return web.Response(body=self.node.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+    async def metrics(self, request: Request) -> Response:
+        return Response(self.node.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
-    async def openapi(self, request: web.BaseRequest) -> web.Response:
-        return web.json_response(spec(self.n, self.limits.max_value_bytes, self.limits.max_key_bytes))
+    async def openapi(self, request: Request) -> Response:
+        return json_response(spec(self.n, self.limits.max_value_bytes, self.limits.max_key_bytes))
 
-    async def debug_delay(self, request: web.BaseRequest) -> web.Response:
+    async def debug_delay(self, request: Request) -> Response:
         """Fault injection for benchmarks and tests: delay this node's internal messages to one peer.
 
         Only with `testing_faults = true` in the settings; a production node answers 404."""
         if not self.node.config.file.testing_faults:
             return error(404, "not_found", "fault injection is disabled (set testing_faults = true)")
         try:
-            doc = await request.json()
+            doc = await request.json()  # InvalidJSON is a ValueError
             peer, ms = str(doc["peer"]), float(doc["ms"])
         except (ValueError, KeyError, TypeError) as exc:
             raise BadRequest('expected JSON {"peer": "<node id>", "ms": <delay>}') from exc
@@ -227,23 +231,37 @@ class Api:
             raise BadRequest(f"unknown peer {peer!r} or delay out of range (0..60000 ms)")
         m = self.node.members[peer]
         self.node.rpc_client.set_delay((m.rpc_host, m.rpc_port), ms / 1000)
-        return web.json_response({"peer": peer, "ms": ms})
+        return json_response({"peer": peer, "ms": ms})
 
-    async def empty_key(self, request: web.BaseRequest) -> web.Response:
+    async def empty_key(self, request: Request) -> Response:
         return error(400, "bad_request", "the key is empty: use /kv/{key}")
 
 
-def _too_large(size: int | None, limit: int) -> web.Response:
+def _multipart(live: Sequence[v.Sibling]) -> tuple[bytes, str]:
+    """Siblings as multipart/mixed: a random boundary, each part with Content-Type, X-Dot and Content-Length
+    (the layout aiohttp's MultipartWriter produced before)."""
+    boundary = os.urandom(16).hex()
+    parts: list[bytes] = []
+    for s in live:
+        value = s.value or b""
+        head = (f"--{boundary}\r\nContent-Type: {s.content_type}\r\nX-Dot: {s.dot[0]}:{s.dot[1]}\r\n"
+                f"Content-Length: {len(value)}\r\n\r\n")
+        parts += (head.encode("utf-8", "surrogateescape"), value, b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/mixed; boundary={boundary}"
+
+
+def _too_large(size: int | None, limit: int) -> Response:
     got = f"{size} bytes" if size is not None else "a larger body"
     return error(413, "value_too_large", f"the value is {got}, over the limit of {limit} bytes", limit=limit)
 
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Handler = Callable[[Request], Awaitable[Response]]
 
 
-def build_server(node: Node) -> web.Server:
-    """aiohttp's low-level server with a dispatch of our own: the data path skips the router and the
-    middleware chain of web.Application, measured at about a fifth of aiohttp's cost per request here."""
+def build_server(node: Node) -> HttpServer:
+    """Our own dispatch on dynamostore.http_server: exact-path routes, the key routes by prefix, the
+    error mapping below, and the request counters/latencies with their label children cached."""
     api = Api(node)
     metrics = node.metrics
     limit = node.config.file.limits.max_value_bytes
@@ -263,22 +281,34 @@ def build_server(node: Node) -> web.Server:
     for (method, path), handler in admin_routes(node).items():
         routes.setdefault(path, {})[method] = handler
 
-    async def not_found(request: web.BaseRequest) -> web.StreamResponse:
+    async def not_found(request: Request) -> Response:
         return error(404, "not_found", f"no such endpoint: {request.path}")
 
-    async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+    def record(request: Request, status: int, start: float) -> None:
         path = request.path
         is_kv = path.startswith("/kv/") and len(path) > 4
-        op = request.method if is_kv else path.split("/")[1]
+        op = request.method if is_kv else path.split("/", 2)[1] if path[:1] == "/" else path
+        counter = counters.get((op, status))
+        if counter is None:  # labels() costs a lock and a tuple hash per call: keep the children
+            counter = counters[(op, status)] = metrics.requests.labels(op, str(status))
+        counter.inc()
+        if is_kv:
+            hist = latencies.get(op)
+            if hist is None:
+                hist = latencies[op] = metrics.latency.labels(op)
+            hist.observe(time.perf_counter() - start)
+
+    async def dispatch(request: Request) -> Response:
+        path = request.path
         start = time.perf_counter()
         try:
-            methods = kv if is_kv else routes.get(path)
+            methods = kv if path.startswith("/kv/") and len(path) > 4 else routes.get(path)
             if methods is None:
                 handler: Handler = not_found
             elif request.method in methods:
                 handler = methods[request.method]
             else:
-                raise web.HTTPMethodNotAllowed(request.method, list(methods))
+                handler = _method_not_allowed
             resp = await handler(request)
         except BadRequest as exc:
             resp = error(400, "bad_request", str(exc))
@@ -286,26 +316,25 @@ def build_server(node: Node) -> web.Server:
             resp = error(exc.status, "refused" if exc.status == 409 else "admin", str(exc))
         except Unavailable as exc:
             resp = error(503, "unavailable", str(exc))
-        except web.HTTPRequestEntityTooLarge:
-            resp = _too_large(None, limit)
-        except web.HTTPException as exc:
-            resp = error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+        except InvalidJSON as exc:
+            resp = error(400, "bad_request", str(exc))
         except Exception:  # noqa: BLE001 - a bug must answer 500 with JSON and keep the node serving
             log.exception("unhandled error for %s %s", request.method, request.path)
             resp = error(500, "internal", "internal error; see the node's log")
-        counter = counters.get((op, resp.status))
-        if counter is None:  # labels() costs a lock and a tuple hash per call: keep the children
-            counter = counters[(op, resp.status)] = metrics.requests.labels(op, str(resp.status))
-        counter.inc()
-        if is_kv:
-            hist = latencies.get(op)
-            if hist is None:
-                hist = latencies[op] = metrics.latency.labels(op)
-            hist.observe(time.perf_counter() - start)
+        record(request, resp.status, start)
         return resp
 
-    def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
-        # Bodies are capped at the value limit: a longer (chunked) body raises HTTPRequestEntityTooLarge.
-        return web.BaseRequest(message, payload, protocol, writer, task, protocol._loop, client_max_size=limit)
+    def body_limit(method: str, path: str) -> int:
+        return limit if path.startswith("/kv") else ADMIN_BODY_LIMIT
 
-    return web.Server(dispatch, request_factory=make_request, access_log=None)
+    def too_large(request: Request, size: int | None, cap: int) -> Response:
+        # answered by the server before the body is read (or as soon as a chunked one passes the cap)
+        resp = _too_large(size, cap)
+        record(request, resp.status, time.perf_counter())
+        return resp
+
+    return HttpServer(dispatch, body_limit=body_limit, too_large=too_large, shutdown_timeout=3.0)
+
+
+async def _method_not_allowed(request: Request) -> Response:
+    return error(405, "method_not_allowed", "405: Method Not Allowed")

@@ -32,12 +32,14 @@ class Detector:
     def __init__(self, peers: list[str], down_after: float, now: float) -> None:
         self.down_after = down_after
         self.peers: dict[str, PeerState] = {p: PeerState(last_ok=now, changed_at=now) for p in peers}
+        self.version = 0  # bumped by every change of the up set (coordinators cache preference lists by it)
 
     def add_peer(self, peer: str, now: float) -> bool:
         """Start tracking a peer (a member that joined); True if it is new."""
         if peer in self.peers:
             return False
         self.peers[peer] = PeerState(last_ok=now, changed_at=now)
+        self.version += 1
         return True
 
     def _set(self, peer: str, up: bool, now: float) -> bool:
@@ -46,6 +48,7 @@ class Detector:
             return False
         st.up, st.changed_at = up, now
         st.transitions += 1
+        self.version += 1
         return True
 
     def success(self, peer: str, now: float) -> bool:

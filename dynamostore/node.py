@@ -13,7 +13,6 @@ import time
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
-from aiohttp import web
 from prometheus_client.core import Metric
 
 from dynamostore import versioning as v
@@ -21,6 +20,7 @@ from dynamostore.antientropy_worker import AntiEntropyWorker
 from dynamostore.config import NodeConfig
 from dynamostore.coordinator import Coordinator, ForwardError, Unavailable, WriteOptions
 from dynamostore.handoff_worker import HandoffWorker
+from dynamostore.http_server import HttpServer
 from dynamostore.membership_node import MembershipService
 from dynamostore.transfer_worker import TransferWorker
 from dynamostore.liveness import Detector, Heartbeater
@@ -69,7 +69,7 @@ class Node:
         self.rpc_server: RpcServer | None = None
         self.detector: Detector
         self.heartbeater: Heartbeater
-        self.http_runner: web.ServerRunner | None = None
+        self.http_runner: HttpServer | None = None
         self.services: list[Any] = []  # background workers with start()/stop()/status()/gauges()/peer_up()
         self.handoff: HandoffWorker
         self.antientropy: AntiEntropyWorker
@@ -109,6 +109,10 @@ class Node:
 
     def up_set(self) -> set[str]:
         return self.detector.up_set(self.node_id)
+
+    @property
+    def liveness_version(self) -> int:
+        return self.detector.version
 
     def may_hint(self, primary: str) -> bool:
         return self.handoff.may_hint(primary)
@@ -226,9 +230,8 @@ class Node:
         self.metrics.add_gauges(self._gauges)
         from dynamostore.http_api import build_server  # the HTTP layer depends on the node, not the reverse
 
-        self.http_runner = web.ServerRunner(build_server(self), handle_signals=False, shutdown_timeout=3.0)
-        await self.http_runner.setup()
-        await web.TCPSite(self.http_runner, me.http_host, me.http_port, reuse_address=True).start()
+        self.http_runner = build_server(self)
+        await self.http_runner.start(me.http_host, me.http_port, reuse_address=True)
         log.info("node %s serving http://%s:%d (rpc %s:%d)", self.node_id, me.http_host, me.http_port,
                  me.rpc_host, me.rpc_port)
 
@@ -237,7 +240,7 @@ class Node:
         # services saved their state (anti-entropy trees), then the services, then storage.
         self.stop_step = "http"
         if self.http_runner:
-            await self.http_runner.cleanup()
+            await self.http_runner.stop()  # in-flight requests finish (up to 3 s), idle connections close
         self.stop_step = "rpc server"
         if self.rpc_server:
             await self.rpc_server.stop()
@@ -290,16 +293,21 @@ class Node:
             self.saw_epoch(peer, payload)
         return [self.node_id, self.ring_epoch]
 
-    async def _rpc_get(self, payload: Any, peer: str) -> Any:
+    # kv.get and kv.put answer without a task: the bytes at once, or the storage commit's future.
+
+    def _rpc_get(self, payload: Any, peer: str) -> Any:
         try:
             key, hint_for = payload
             ref = self.replica.ref(bytes(key))
+            if hint_for is not None and type(hint_for) is not str:
+                raise TypeError("hint_for must be a node id")
         except (TypeError, ValueError) as exc:
             raise _bad(f"kv.get payload: {exc}") from exc
-        state = await self.replica.get(ref, hint_for)
-        return None if state is None else v.encode(state)
+        if self.replica.reads_on_loop:
+            return self.replica.read_now(ref, hint_for)
+        return self.replica.read(ref, hint_for)
 
-    async def _rpc_put(self, payload: Any, peer: str) -> Any:
+    def _rpc_put(self, payload: Any, peer: str) -> Any:
         try:
             key, raw, durable, hint_for = payload
             ref = self.replica.ref(bytes(key))
@@ -308,8 +316,7 @@ class Node:
             raise _bad(f"kv.put payload: {exc}") from exc
         if hint_for is not None and not self.handoff.accepts_hint(str(hint_for)):
             raise RpcRemoteError("hint_limit", f"{self.node_id} holds too many hints for {hint_for}")
-        await self.replica.merge(ref, state, durable=bool(durable), hint_for=hint_for)
-        return True
+        return self.replica.merge(ref, state, durable=bool(durable), hint_for=hint_for)
 
     async def _rpc_coord_put(self, payload: Any, peer: str) -> Any:
         try:

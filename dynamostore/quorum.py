@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from antientropy.readrepair import ReadReply, plan_read_repair
-from dynamostore.versioning import VersionSet, digest, sync_all
+from dynamostore.versioning import VersionSet, decode, digest, sync_all
 
 LEVELS = {"ONE": 1, "TWO": 2, "THREE": 3}
 
@@ -96,11 +96,24 @@ class PutTally:
         return PutOutcome(False, self.acks, self.hinted, self.durable, self.primaries, reason)
 
 
-@dataclass(frozen=True, slots=True)
 class Reply:
-    node: str
-    primary: bool
-    state: VersionSet | None  # None: the replica has no record of the key
+    """One replica's answer to a read: its copy's causal encoding (`raw`, None when it has no record of the
+    key), or an already decoded `state`. Decoded lazily and once: when every replica sent the same bytes the
+    read decodes a single copy and has nothing to reconcile or repair."""
+
+    __slots__ = ("node", "primary", "raw", "_state")
+
+    def __init__(self, node: str, primary: bool, state: VersionSet | None = None, *, raw: bytes | None = None):
+        self.node = node
+        self.primary = primary
+        self.raw = raw
+        self._state = state
+
+    @property
+    def state(self) -> VersionSet | None:
+        if self._state is None and self.raw is not None:
+            self._state = decode(self.raw)
+        return self._state
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +135,18 @@ class GetTally:
     reserve: int = 0  # replicas held back, asked only if one asked fails or is slow
     replies: list[Reply] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    primaries: int = field(default=0, init=False)  # replies from primaries
+    # (replies merged, result), recomputed only when a reply was added
+    _merged: tuple[int, VersionSet | None] = field(default=(-1, None), init=False, repr=False)
 
     def add_reply(self, reply: Reply) -> None:
         self.replies.append(reply)
+        self.primaries += reply.primary
+
+    def _uniform(self) -> bool:
+        """Every reply carried the same bytes (or none had the key): nothing to reconcile, nobody stale."""
+        first = self.replies[0].raw if self.replies else None
+        return all(r.raw == first and (r.raw is not None or r._state is None) for r in self.replies)
 
     def add_error(self, node: str, reason: str) -> None:
         self.errors[node] = reason
@@ -133,15 +155,12 @@ class GetTally:
     def pending(self) -> int:
         return self.targets - len(self.replies) - len(self.errors)
 
-    def _primaries(self) -> int:
-        return sum(1 for r in self.replies if r.primary)
-
     def satisfied(self) -> bool:
-        return len(self.replies) >= self.r and self._primaries() >= self.pr
+        return len(self.replies) >= self.r and self.primaries >= self.pr
 
     def impossible(self) -> bool:
         p = self.pending
-        return len(self.replies) + p < self.r or self._primaries() + p < self.pr
+        return len(self.replies) + p < self.r or self.primaries + p < self.pr
 
     def done(self) -> bool:
         return self.satisfied() or self.impossible()
@@ -151,7 +170,11 @@ class GetTally:
         return self.pending - self.reserve == 0
 
     def merged(self) -> VersionSet | None:
-        return sync_all(r.state for r in self.replies)
+        n, state = self._merged
+        if n != len(self.replies):
+            state = self.replies[0].state if self._uniform() else sync_all(r.state for r in self.replies)
+            self._merged = (len(self.replies), state)
+        return state
 
     def outcome(self, timed_out: bool = False) -> GetOutcome:
         hinted = sum(1 for r in self.replies if not r.primary)
@@ -161,7 +184,7 @@ class GetTally:
         why = "timed out" if timed_out else "not enough replicas"
         errs = "; ".join(f"{n}: {e}" for n, e in sorted(self.errors.items()))
         reason = (
-            f"{why}: required {wanted}, {len(self.replies)} answered ({self._primaries()} primary) "
+            f"{why}: required {wanted}, {len(self.replies)} answered ({self.primaries} primary) "
             f"of {self.targets} contacted" + (f"; errors: {errs}" if errs else "")
         )
         return GetOutcome(False, None, len(self.replies), hinted, reason)
@@ -172,7 +195,7 @@ class GetTally:
         Primaries only by default: repairing a fallback would plant data on a node that does not own it.
         """
         merged = self.merged()
-        if merged is None:
+        if merged is None or self._uniform():
             return []
         replies = [ReadReply(r.node, r.primary, digest(r.state)) for r in self.replies]
         return list(plan_read_repair(replies, digest(merged), include_fallbacks=include_fallbacks).targets)

@@ -22,13 +22,15 @@ a new actor `<node>.<epoch>` from a durably reserved, never reused epoch counter
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Any
 
 from dynamostore import versioning as v
-from dynamostore.storage import Storage, data_key, split_data_key
+from dynamostore.storage import Namespace, Storage, data_key, split_data_key
 from ring.hashing import key_hash, partition_of, segment_of
 
 log = logging.getLogger(__name__)
@@ -134,9 +136,25 @@ class LocalReplica:
     # --- reads ---------------------------------------------------------------------------------------
 
     async def get(self, ref: KeyRef, hint_for: str | None = None) -> v.VersionSet | None:
+        raw = await self.read(ref, hint_for)
+        return v.decode(raw) if raw is not None else None
+
+    async def read(self, ref: KeyRef, hint_for: str | None = None) -> bytes | None:
+        """This copy's causal encoding (`versioning.causal`): what a read compares and sends."""
         skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
         raw = await self.storage.get("data" if hint_for is None else "hints", skey)
-        return v.decode(raw) if raw is not None else None
+        return v.causal(raw) if raw is not None else None
+
+    @property
+    def reads_on_loop(self) -> bool:
+        """Whether `read_now` may be used: the engine's point reads are a few microseconds (LMDB)."""
+        return self.storage.reads_on_loop
+
+    def read_now(self, ref: KeyRef, hint_for: str | None = None) -> bytes | None:
+        """`read` without a coroutine, when `reads_on_loop` (the read hot path of the coordinator and of kv.get)."""
+        skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
+        raw = self.storage.get_nowait("data" if hint_for is None else "hints", skey)
+        return v.causal(raw) if raw is not None else None
 
     # --- writes --------------------------------------------------------------------------------------
 
@@ -156,7 +174,8 @@ class LocalReplica:
         def apply(raw: bytes | None) -> tuple[bytes | None, tuple[v.VersionSet, bytes | None, bytes | None]]:
             cur = v.decode(raw) if raw is not None else None
             actor = self._actor_for(cur, context)
-            new = replace(v.update(cur, context, actor, value, content_type, now_ms), local_actor=actor)
+            new = v.update(cur, context, actor, value, content_type, now_ms)
+            new = v.VersionSet(new.clock, new.siblings, actor)
             if len(new.siblings) > self.max_siblings:
                 raise SiblingLimitError(
                     f"key would have {len(new.siblings)} siblings, more than the limit of {self.max_siblings}; "
@@ -164,42 +183,74 @@ class LocalReplica:
                 )
             return v.encode(new), (new, v.digest(cur), v.digest(new))
 
-        if hint_for is None:
-            new, old_d, new_d = await self.storage.update("data", ref.skey, apply, durable=durable)
-            self._notify(ref, old_d, new_d)
-        else:
-            new, old_d, _ = await self.storage.update("hints", hint_key(hint_for, ref.skey), apply, durable=durable)
-            self._hinted(hint_for, old_d)
+        ns: Namespace = "data" if hint_for is None else "hints"
+        skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
+        new, _, _ = await self._commit(ref, hint_for, self.storage.update(ns, skey, apply, durable=durable))
         if len(new.siblings) >= self.warn_siblings:
             log.warning("key %r has %d siblings (limit %d)", ref.key, len(new.siblings), self.max_siblings)
         return new
 
-    async def merge(
+    def merge(
         self, ref: KeyRef, incoming: v.VersionSet, *, durable: bool, hint_for: str | None = None
-    ) -> bool:
-        """Merge a copy in with causality. True when the stored state changed."""
+    ) -> asyncio.Future[bool]:
+        """Merge a copy in with causality; the future says whether the stored state changed.
+
+        A future rather than a coroutine: replicas serve kv.put straight from the storage commit, without a
+        task. The Merkle hook runs once the commit is done, even if the caller stopped waiting."""
 
         def apply(raw: bytes | None) -> tuple[bytes | None, tuple[bytes | None, bytes | None]]:
             cur = v.decode(raw) if raw is not None else None
             # the copy keeps its own actor bookkeeping; whatever the incoming copy minted stays its own
-            merged = replace(v.sync(cur, incoming), local_actor=cur.local_actor if cur is not None else None)
+            synced = v.sync(cur, incoming)
+            merged = v.VersionSet(synced.clock, synced.siblings, cur.local_actor if cur is not None else None)
             if cur is not None and v.same_version(cur, merged):
                 return raw, (v.digest(cur), v.digest(cur))
             return v.encode(merged), (v.digest(cur), v.digest(merged))
 
-        if hint_for is None:
-            old_d, new_d = await self.storage.update("data", ref.skey, apply, durable=durable)
-            self._notify(ref, old_d, new_d)
-        else:
-            old_d, new_d = await self.storage.update("hints", hint_key(hint_for, ref.skey), apply, durable=durable)
-            self._hinted(hint_for, old_d)
-        return old_d != new_d
+        ns: Namespace = "data" if hint_for is None else "hints"
+        skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
+        out: asyncio.Future[bool] = self._commit(
+            ref, hint_for, self.storage.update(ns, skey, apply, durable=durable), lambda r: r[0] != r[1]
+        )
+        return out
+
+    def _commit(
+        self, ref: KeyRef, hint_for: str | None, committed: asyncio.Future[Any],
+        result: Callable[[Any], Any] = lambda r: r,
+    ) -> asyncio.Future[Any]:
+        """The caller's view of a storage op whose result ends with (old digest, new digest): once committed,
+        the Merkle trees hear of the change (or the new hint is counted) even if the caller stopped waiting
+        (a client that went away), then the returned future gets `result(r)`. A separate future, so that
+        cancelling the caller never cancels the op's own future and skips the trees."""
+        out: asyncio.Future[Any] = committed.get_loop().create_future()
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                if not out.done():
+                    out.cancel()
+                return
+            exc = f.exception()
+            if exc is None:
+                old_d, new_d = f.result()[-2:]
+                if hint_for is None:
+                    self._notify(ref, old_d, new_d)
+                else:
+                    self._hinted(hint_for, old_d)
+            if out.done():
+                return
+            if exc is not None:
+                out.set_exception(exc)
+            else:
+                out.set_result(result(f.result()))
+
+        committed.add_done_callback(done)
+        return out
 
     def _hinted(self, target: str, old_digest: bytes | None) -> None:
         if old_digest is None and self.on_new_hint is not None:
             self.on_new_hint(target)
 
-    async def merge_raw(self, skey: bytes, incoming: v.VersionSet, *, durable: bool = False) -> bool:
+    def merge_raw(self, skey: bytes, incoming: v.VersionSet, *, durable: bool = False) -> asyncio.Future[bool]:
         """Merge by storage key (handoff and anti-entropy deal in storage keys)."""
         p, s, key = split_data_key(skey)
-        return await self.merge(KeyRef(key, p, s, skey), incoming, durable=durable)
+        return self.merge(KeyRef(key, p, s, skey), incoming, durable=durable)

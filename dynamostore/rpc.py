@@ -22,7 +22,7 @@ Failure semantics the callers can rely on:
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from dynamostore.rpc_client import RpcClient
 from dynamostore.rpc_server import RpcServer
@@ -46,8 +46,8 @@ __all__ = [
     "RpcUnavailable",
 ]
 
-MethodHandler = Callable[[Any, str], Awaitable[Any]]
-"""(payload, peer_node_id) -> msgpack-able result, for one method of an RpcRouter."""
+MethodHandler = Callable[[Any, str], Any]
+"""(payload, peer_node_id) -> msgpack-able result (or a future or coroutine of one, see `Handler`)."""
 
 
 class RpcRouter:
@@ -65,8 +65,8 @@ class RpcRouter:
     def methods(self) -> list[str]:
         return sorted(self._methods)
 
-    async def __call__(self, method: str, payload: Any, peer: str) -> Any:
+    def __call__(self, method: str, payload: Any, peer: str) -> Any:
         fn = self._methods.get(method)
         if fn is None:
             raise RpcRemoteError("unknown_method", f"no rpc method {method!r}")
-        return await fn(payload, peer)
+        return fn(payload, peer)

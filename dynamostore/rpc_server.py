@@ -1,8 +1,10 @@
 """RPC server: accepts peer connections, authenticates them, runs the handler per request.
 
-One asyncio.Protocol per connection. Requests are decoded straight from `data_received`; each runs
-in its own task (handlers may be slow and must not block the others), and responses written in the
-same loop iteration are corked into a single `transport.write`. A peer that fails the handshake or
+One asyncio.Protocol per connection. Requests are decoded straight from `data_received` and handed
+to the handler at once: a handler that answers synchronously is replied to in the same call, one that
+returns a future is replied to from its done callback, and only a coroutine gets a task of its own
+(slow handlers must not block the others). Responses written in the same loop iteration are corked
+into a single `transport.write`. A peer that fails the handshake or
 sends garbage gets a FATAL frame (when the socket still allows it) and is disconnected; the
 listener keeps serving everyone else.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Coroutine
 from typing import Any, cast
 
 from dynamostore import rpc_wire as w
@@ -152,9 +155,7 @@ class _ServerConn(asyncio.Protocol):
                 rid, method = msg[1], msg[2]
                 if type(rid) is int and type(method) is str:
                     self.srv.stats["requests"] += 1
-                    task = self.loop.create_task(self._serve(rid, method, msg[3]))
-                    self.tasks.add(task)
-                    task.add_done_callback(self.tasks.discard)
+                    self._dispatch(rid, method, msg[3])
                     continue
             self._control(msg)
             if self.state == _CLOSED:
@@ -164,15 +165,46 @@ class _ServerConn(asyncio.Protocol):
 
     # -- requests -----------------------------------------------------------------------
 
-    async def _serve(self, rid: int, method: str, payload: Any) -> None:
+    def _dispatch(self, rid: int, method: str, payload: Any) -> None:
         try:
-            result = await self.srv.handler(method, payload, self.peer_id)
-            msg: list[Any] = [w.OK, rid, result]
-        except RpcRemoteError as exc:
-            msg = [w.ERR, rid, str(exc.code), str(exc.message)]
+            res = self.srv.handler(method, payload, self.peer_id)
         except Exception as exc:
-            log.exception("rpc handler failed: method=%s peer=%s", method, self.peer_id)
-            msg = [w.ERR, rid, "internal", f"{type(exc).__name__}: {exc}"]
+            self._reply_error(rid, method, exc)
+            return
+        if asyncio.isfuture(res):
+            res.add_done_callback(lambda f: self._future_done(rid, method, f))
+        elif asyncio.iscoroutine(res):
+            task = self.loop.create_task(self._serve(rid, method, res))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        else:
+            self._reply(rid, method, [w.OK, rid, res])
+
+    def _future_done(self, rid: int, method: str, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            self._reply_error(rid, method, asyncio.CancelledError())
+        elif (exc := fut.exception()) is not None:
+            self._reply_error(rid, method, exc)
+        else:
+            self._reply(rid, method, [w.OK, rid, fut.result()])
+
+    async def _serve(self, rid: int, method: str, coro: Coroutine[Any, Any, Any]) -> None:
+        try:
+            result = await coro
+        except Exception as exc:
+            self._reply_error(rid, method, exc)
+            return
+        self._reply(rid, method, [w.OK, rid, result])
+
+    def _reply_error(self, rid: int, method: str, exc: BaseException) -> None:
+        if isinstance(exc, RpcRemoteError):
+            self._reply(rid, method, [w.ERR, rid, str(exc.code), str(exc.message)])
+            return
+        if not isinstance(exc, asyncio.CancelledError):
+            log.error("rpc handler failed: method=%s peer=%s", method, self.peer_id, exc_info=exc)
+        self._reply(rid, method, [w.ERR, rid, "internal", f"{type(exc).__name__}: {exc}"])
+
+    def _reply(self, rid: int, method: str, msg: list[Any]) -> None:
         if self.state == _CLOSED:
             return
         try:

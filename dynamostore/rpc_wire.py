@@ -61,8 +61,11 @@ class RpcRemoteError(RpcError):
         self.message: str = message
 
 
-Handler = Callable[[str, Any, str], Awaitable[Any]]
-"""(method, payload, peer_node_id) -> msgpack-able result."""
+Handler = Callable[[str, Any, str], Any]
+"""(method, payload, peer_node_id) -> a msgpack-able result, or a future or coroutine of one.
+
+A handler that can answer at once (a read on the loop) returns the value; one waiting on a single future (a
+storage commit) returns that future; only a coroutine costs the server a task."""
 
 # --------------------------------------------------------------------------- message types
 

@@ -4,16 +4,21 @@ Layout and guarantees (details and measurements in docs/storage.md):
 
 * Three namespaces (`data`, `hints`, `meta`), isolated from each other. Data keys are
   `data_key(partition, segment, key)` so one partition, or one Merkle segment of it, is a contiguous range.
-* Writes go through ONE writer thread doing group commit: it drains every queued op into one transaction,
-  commits once, fsyncs once if any op of the batch asked for `durable=True`, then resolves all the batch's
-  futures with one `loop.call_soon_threadsafe`. A commit is written to the page cache before any future is
-  resolved, so an acknowledged write survives `kill -9`; a durable one also survives power loss.
-  Everything committed is also fsynced every `sync_interval` seconds (by a syncer thread, so a big flush
-  never stalls the writer) and on close().
+* Writes are group-committed: every op queued while the previous batch was being committed goes into ONE
+  transaction (op order kept, `max_batch` ops at most). Two drivers share the batch logic (`storage_engine.Committer`):
+  - on the event loop, for engines whose commit is a few pwrite()s (LMDB, `writes_on_loop`): the first op
+    queued in a loop iteration schedules one flush with call_soon; the flush commits (no fsync) and resolves
+    the futures directly. No thread hop per write. Durable ops then wait for an fsync run in a thread (one
+    in flight; durable ops committed meanwhile share the next one). The loop never fsyncs.
+  - in ONE writer thread otherwise (SQLite): it commits, fsyncs once if any op of the batch asked for
+    `durable=True`, then resolves the batch's futures with one `loop.call_soon_threadsafe`.
+  A commit is written to the page cache before any future is resolved, so an acknowledged write survives
+  `kill -9`; a durable one (resolved after its fsync) also survives power loss. Everything committed is also
+  fsynced every `sync_interval` seconds (by a syncer thread, so a big flush never stalls writes) and on close().
 * Point reads: the default engine (LMDB) answers in ~3 us from an MVCC snapshot that never waits on the
   writer, so `get` runs on the loop; otherwise (SQLite) reads run in reader threads. Scans and counts always
   run in reader threads, chunked by `limit` + `start_after`.
-* Ops on the same key are applied in call order (one FIFO queue, one writer). An op that was enqueued is
+* Ops on the same key are applied in call order (one FIFO queue, one committer). An op once queued is
   applied even if its caller is cancelled meanwhile: cancellation abandons the wait, not the write.
 
 `Storage.open` takes an exclusive flock on `DIR/LOCK` (one engine per directory, in this process or any
@@ -23,7 +28,9 @@ other) and records the engine in `DIR/ENGINE`, so a directory is always reopened
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
+import functools
 import logging
 import os
 import pathlib
@@ -31,15 +38,15 @@ import queue
 import sqlite3
 import struct
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeVar, cast, get_args
+from typing import Any, Final, Literal, NamedTuple, TypeVar, cast, get_args
 
 import lmdb
 
-from .storage_engine import MAX_KEY_SIZE, NAMESPACES, Engine, Namespace, WriteTxn
+from .storage_engine import (
+    MAX_KEY_SIZE, NAMESPACES, Committer, Engine, Namespace, StorageError, batch_error,
+)
 from .storage_lmdb import LmdbEngine
 from .storage_sqlite import SqliteEngine
 
@@ -52,6 +59,10 @@ log = logging.getLogger(__name__)
 
 EngineName = Literal["lmdb", "sqlite"]
 DEFAULT_ENGINE: Final[EngineName] = "lmdb"   # chosen by measurement: docs/storage.md
+# Ops per commit on the loop. One flush holds the loop ~7 us per op at 10k keys, ~12 us at 200k; 64 ops cost no
+# throughput against 256 (bench/storage_loop.py --max-batch, docs/storage.md) and keep a flush under ~1 ms.
+LOOP_MAX_BATCH: Final = 64
+THREAD_MAX_BATCH: Final = 1024   # ops per commit in the writer thread
 
 T = TypeVar("T")
 UpdateFn = Callable[[bytes | None], tuple[bytes | None, T]]
@@ -59,10 +70,6 @@ UpdateFn = Callable[[bytes | None], tuple[bytes | None, T]]
 _HEAD = struct.Struct(">HH")
 _PART = struct.Struct(">H")
 _ENGINE_ERRORS: Final = (lmdb.Error, sqlite3.Error, OSError)
-
-
-class StorageError(Exception):
-    """The engine failed, the store is closed, or the directory is unusable (locked, other engine)."""
 
 
 # ---------------------------------------------------------------------------------------------- keys
@@ -92,10 +99,9 @@ def segment_prefix(partition: int, segment: int) -> bytes:
     return data_key(partition, segment, b"")
 
 
-# ------------------------------------------------------------------------------------- writer thread
+# ------------------------------------------------------------------------------------- group commit
 
-@dataclass(frozen=True, slots=True)
-class _Op:
+class _Op(NamedTuple):      # a tuple, not a frozen dataclass: built once per write on the hot path
     ns: Namespace
     key: bytes
     fn: Callable[[bytes | None], tuple[bytes | None, Any]]
@@ -118,11 +124,28 @@ def _settle(outcomes: list[_Outcome]) -> None:
             fut.set_exception(value)
 
 
-class _Writer:
-    """The single writer thread: group commit, and the write counters behind Storage.stats()."""
+def _final_sync(committer: Committer) -> None:
+    """At close: fsync if anything committed is not yet known to be on disk (logs a failure)."""
+    if not committer.unsynced:
+        return
+    try:
+        committer.sync()
+        committer.counters["fsyncs"] += 1
+    except _ENGINE_ERRORS:
+        log.exception("storage final sync failed")
 
-    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, *, max_batch: int) -> None:
-        self.engine = engine
+
+def _refused(broken: BaseException | None) -> StorageError:
+    return StorageError("storage is closed" if broken is None else f"storage writer failed: {broken!r}")
+
+
+class _ThreadWriter:
+    """Group commit in ONE writer thread (engines whose commits may block, i.e. SQLite): it drains every
+    queued op into one transaction, fsyncs it if any op is durable, and resolves the batch's futures with
+    one call_soon_threadsafe."""
+
+    def __init__(self, committer: Committer, loop: asyncio.AbstractEventLoop, *, max_batch: int) -> None:
+        self.committer = committer
         self.loop = loop
         self.max_batch = max_batch
         self.queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
@@ -130,19 +153,14 @@ class _Writer:
         self.gate = threading.Lock()
         self.accepting = True
         self.broken: BaseException | None = None
-        self.nondurable_commits = 0     # read by the syncer: has anything been committed without fsync?
-        self.unsynced = False
-        self.counters: dict[str, int | float] = dict.fromkeys(
-            ("batches", "ops", "ops_failed", "batch_errors", "durable_batches", "fsyncs",
-             "batch_ops_max", "batch_ops_last"), 0)
-        self.counters.update(batch_seconds_total=0.0, batch_seconds_max=0.0)
-        self.thread = threading.Thread(target=self._run, name=f"storage-writer-{engine.name}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"storage-writer-{committer.engine.name}",
+                                       daemon=True)
+        self.thread.start()
 
     def submit(self, op: _Op) -> None:
         with self.gate:
             if not self.accepting:
-                raise StorageError("storage is closed" if self.broken is None
-                                   else f"storage writer failed: {self.broken!r}")
+                raise _refused(self.broken)
             self.queue.put(op)
 
     def stop(self) -> None:
@@ -151,7 +169,12 @@ class _Writer:
                 self.accepting = False
                 self.queue.put(_STOP)
 
-    # -- thread body
+    async def finish(self) -> None:
+        """After stop(): wait until every queued op is applied and the final fsync is done."""
+        await asyncio.to_thread(self.thread.join)
+
+    def depth(self) -> tuple[int, int]:
+        return self.queue.qsize(), 0
 
     def _run(self) -> None:
         inflight: list[_Op] = []
@@ -171,15 +194,11 @@ class _Writer:
                     else:
                         inflight.append(cast(_Op, item))
                 if inflight:
-                    self._apply(inflight)
+                    outcomes = self.committer.apply(inflight, fsync=any(op.durable for op in inflight))
+                    self._resolve([(op.future, ok, v) for op, (ok, v) in zip(inflight, outcomes)])
                 inflight = []
-            if self.unsynced:           # a clean close leaves everything on disk
-                try:
-                    self.engine.sync()
-                    self.counters["fsyncs"] += 1
-                except _ENGINE_ERRORS:
-                    log.exception("storage final sync failed")
-        except BaseException as exc:  # noqa: BLE001 - the writer must never die silently
+            _final_sync(self.committer)     # a clean close leaves everything on disk
+        except BaseException as exc:  # the writer must never die silently
             log.exception("storage writer thread died")
             with self.gate:
                 self.accepting = False
@@ -197,54 +216,6 @@ class _Writer:
             if item is not _STOP:
                 out.append(cast(_Op, item))
 
-    def _apply(self, ops: list[_Op]) -> None:
-        started = time.perf_counter()
-        durable = any(op.durable for op in ops)
-        outcomes: list[_Outcome] = []
-        txn: WriteTxn | None = None
-        try:
-            txn = self.engine.begin(durable)
-            for op in ops:
-                current = txn.get(op.ns, op.key)
-                try:
-                    new, result = _call(op.fn, current)
-                except Exception as exc:        # the op's own failure: nothing written for it
-                    outcomes.append((op.future, False, exc))
-                    continue
-                if new is not None:
-                    txn.put(op.ns, op.key, new)
-                elif current is not None:
-                    txn.delete(op.ns, op.key)
-                outcomes.append((op.future, True, result))
-            txn.commit()
-        except Exception as exc:        # the engine's failure (begin, put, commit, fsync): the whole batch fails
-            if txn is not None:
-                _abort(txn)
-            outcomes = [(op.future, False, _batch_error(exc, len(ops), durable)) for op in ops]
-            self.counters["batch_errors"] += 1
-        except BaseException:
-            if txn is not None:
-                _abort(txn)     # aborting a committed or failed transaction is a harmless no-op
-            raise
-        else:
-            if durable:
-                self.counters["durable_batches"] += 1
-                self.counters["fsyncs"] += 1
-                self.unsynced = False
-            else:
-                self.nondurable_commits += 1
-                self.unsynced = True
-        elapsed = time.perf_counter() - started
-        c = self.counters
-        c["batches"] += 1
-        c["ops"] += len(ops)
-        c["ops_failed"] += sum(1 for _, ok, _ in outcomes if not ok)
-        c["batch_ops_last"] = len(ops)
-        c["batch_ops_max"] = max(c["batch_ops_max"], len(ops))
-        c["batch_seconds_total"] += elapsed
-        c["batch_seconds_max"] = max(c["batch_seconds_max"], elapsed)
-        self._resolve(outcomes)
-
     def _resolve(self, outcomes: list[_Outcome]) -> None:
         if not outcomes:
             return
@@ -254,52 +225,130 @@ class _Writer:
             pass
 
 
-def _call(fn: Callable[[bytes | None], tuple[bytes | None, Any]], current: bytes | None) -> tuple[bytes | None, Any]:
-    new, result = fn(current)
-    if new is not None and not isinstance(new, bytes):
-        raise TypeError(f"update fn must return (bytes | None, result), got {type(new).__name__} as the value")
-    return new, result
+class _LoopWriter:
+    """Group commit driven by the event loop (engines with `writes_on_loop`, i.e. LMDB): no thread hop per write.
 
+    The first op queued in a loop iteration schedules one `flush` with call_soon; when it runs, every op queued
+    meanwhile is waiting, and up to `max_batch` of them commit in one transaction on the loop itself (LMDB with
+    NOSYNC: pwrite()s into the page cache). Their futures are resolved right there; the rest of the queue goes
+    in the next iteration, so one flush never holds the loop for long. Durable ops, once committed, wait for an
+    fsync run in a thread: one at a time; durable ops committed while it runs share the next one.
+    """
 
-def _abort(txn: WriteTxn) -> None:
-    try:
-        txn.abort()
-    except Exception:  # noqa: BLE001 - the transaction is being discarded anyway
-        log.debug("abort after failed transaction also failed", exc_info=True)
+    def __init__(self, committer: Committer, loop: asyncio.AbstractEventLoop, *, max_batch: int) -> None:
+        self.committer = committer
+        self.loop = loop
+        self.max_batch = max_batch
+        self.queue: collections.deque[_Op] = collections.deque()
+        self.scheduled = False
+        self.accepting = True
+        self.broken: BaseException | None = None
+        self.fsync_waiting: list[tuple[asyncio.Future[Any], Any]] = []   # committed, need the next fsync
+        self.fsync_running: asyncio.Future[None] | None = None
+        self.fsync_running_ops = 0
+        self.fsync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage-fsync")
 
+    def submit(self, op: _Op) -> None:
+        if not self.accepting:
+            raise _refused(self.broken)
+        self.queue.append(op)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
 
-def _batch_error(exc: Exception, n: int, durable: bool) -> StorageError:
-    err = StorageError(f"write transaction of {n} ops failed{' (durable)' if durable else ''}: {exc!r}; "
-                       "its outcome is unknown if the failure came after commit (e.g. fsync)")
-    err.__cause__ = exc
-    return err
+    def stop(self) -> None:
+        self.accepting = False
+
+    def depth(self) -> tuple[int, int]:
+        return len(self.queue), len(self.fsync_waiting) + self.fsync_running_ops
+
+    def flush(self) -> None:
+        self.scheduled = False
+        q = self.queue
+        if not q:
+            return
+        ops = [q.popleft() for _ in range(min(len(q), self.max_batch))]
+        if q and not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+        try:
+            outcomes = self.committer.apply(ops, fsync=False)
+        except BaseException as exc:  # fail every waiter, refuse later ops, then let it propagate
+            log.exception("storage write on the loop failed")
+            self.accepting = False
+            self.broken = exc
+            pending, self.queue = ops + list(q), collections.deque()
+            _settle([(op.future, False, StorageError(f"storage writer failed: {exc!r}")) for op in pending])
+            raise
+        for op, (ok, value) in zip(ops, outcomes):
+            fut = op.future
+            if ok and op.durable:
+                self.fsync_waiting.append((fut, value))
+            elif fut.done():
+                continue
+            elif ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        if self.fsync_waiting and self.fsync_running is None:
+            self._start_fsync()
+
+    def _start_fsync(self) -> None:
+        waiters, self.fsync_waiting = self.fsync_waiting, []
+        self.fsync_running_ops = len(waiters)
+        running = self.loop.run_in_executor(self.fsync_pool, self.committer.sync)
+        self.fsync_running = running
+        running.add_done_callback(functools.partial(self._fsynced, waiters))
+
+    def _fsynced(self, waiters: list[tuple[asyncio.Future[Any], Any]], running: asyncio.Future[None]) -> None:
+        self.fsync_running = None
+        self.fsync_running_ops = 0
+        exc = asyncio.CancelledError() if running.cancelled() else running.exception()
+        if exc is None:
+            self.committer.counters["fsyncs"] += 1
+            outcomes: list[_Outcome] = [(fut, True, value) for fut, value in waiters]
+        else:
+            log.error("storage fsync of %d durable ops failed: %r", len(waiters), exc)
+            self.committer.counters["batch_errors"] += 1
+            outcomes = [(fut, False, batch_error(exc, len(waiters), True)) for fut, _ in waiters]
+        _settle(outcomes)
+        if self.fsync_waiting:
+            self._start_fsync()
+
+    async def finish(self) -> None:
+        """After stop(): apply what is queued (one batch per loop iteration, as usual), wait for the durable
+        ops' fsyncs, then fsync whatever is still unsynced."""
+        while self.queue:
+            self.flush()
+            await asyncio.sleep(0)
+        while self.fsync_running is not None:
+            await asyncio.wait([self.fsync_running])
+        await self.loop.run_in_executor(self.fsync_pool, _final_sync, self.committer)
+        await asyncio.to_thread(self.fsync_pool.shutdown)
 
 
 class _Syncer:
-    """Every `interval` seconds, fsync what was committed without fsync since the last round.
+    """Every `interval` seconds, fsync what was committed since the last fsync (any: syncer, durable, close).
 
     A thread of its own, not the writer's job: at a million random keys one second of writes dirties ~100k
     pages, and flushing them takes long enough (~1 s measured) to stall group commit if the writer did it.
     """
 
-    def __init__(self, engine: Engine, writer: _Writer, interval: float) -> None:
-        self.engine = engine
-        self.writer = writer
+    def __init__(self, committer: Committer, interval: float) -> None:
+        self.committer = committer
         self.interval = interval
         self.syncs = 0
         self.errors = 0
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="storage-syncer", daemon=True)
+        self.thread.start()
 
     def _run(self) -> None:
-        synced = 0
         while not self.stopping.wait(self.interval):
-            commits = self.writer.nondurable_commits
-            if commits == synced:
+            if not self.committer.unsynced:
                 continue
-            synced = commits    # read before syncing: commits after this point wait for the next round
             try:
-                self.engine.sync()
+                self.committer.sync()
                 self.syncs += 1
             except _ENGINE_ERRORS:
                 self.errors += 1
@@ -327,40 +376,58 @@ def _check_key(skey: bytes) -> None:
 class Storage:
     """One node's durable key-value store. Create with `await Storage.open(path)`; bound to that loop."""
 
-    def __init__(self, engine: Engine, lock_fd: int, loop: asyncio.AbstractEventLoop, *,
+    def __init__(self, engine: Engine, lock_fd: int, loop: asyncio.AbstractEventLoop, *, writes_on_loop: bool,
                  max_batch: int, sync_interval: float | None, read_threads: int) -> None:
         self._engine = engine
         self._lock_fd = lock_fd
         self._loop = loop
-        self._writer = _Writer(engine, loop, max_batch=max_batch)
-        self._syncer = _Syncer(engine, self._writer, sync_interval) if sync_interval else None
+        self._committer = Committer(engine)
+        self._writer: _LoopWriter | _ThreadWriter = (
+            _LoopWriter(self._committer, loop, max_batch=max_batch) if writes_on_loop
+            else _ThreadWriter(self._committer, loop, max_batch=max_batch))
+        self._syncer = _Syncer(self._committer, sync_interval) if sync_interval else None
         self._readers = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="storage-read")
         self._closed = False
         self._close_task: asyncio.Future[None] | None = None
-        self._writer.thread.start()
-        if self._syncer is not None:
-            self._syncer.thread.start()
 
     @classmethod
     async def open(cls, path: pathlib.Path, *, map_size: int = 64 << 30, engine: EngineName | None = None,
-                   sync_interval: float | None = 1.0, max_batch: int = 1024, read_threads: int = 2,
-                   lmdb_writemap: bool = False) -> Storage:
+                   sync_interval: float | None = 1.0, max_batch: int | None = None, read_threads: int = 2,
+                   lmdb_writemap: bool = False, writes_on_loop: bool | None = None) -> Storage:
         """Open (creating if needed) the store in directory `path`.
 
         `engine` defaults to whatever the directory was created with, else DEFAULT_ENGINE. `map_size` is LMDB's
         virtual map (sparse; grows the file only as used). `sync_interval` seconds between background fsyncs
-        of non-durable commits (None or 0: only durable writes and close() fsync). `max_batch` caps ops per commit.
-        `lmdb_writemap` trades safety for write speed (docs/storage.md): a full disk then kills the process.
+        of non-durable commits (None or 0: only durable writes and close() fsync). `max_batch` caps ops per
+        commit (default 64 on the loop, 1024 in the writer thread). `lmdb_writemap` trades safety for write
+        speed (docs/storage.md): a full disk then kills the process. `writes_on_loop`: None commits on the
+        loop when the engine allows it (LMDB), False forces the writer thread (for comparison).
         """
-        if max_batch < 1 or read_threads < 1:
+        if (max_batch is not None and max_batch < 1) or read_threads < 1:
             raise ValueError("max_batch and read_threads must be >= 1")
         loop = asyncio.get_running_loop()
         eng, lock_fd = await asyncio.to_thread(_open_engine, pathlib.Path(path), engine, map_size, lmdb_writemap)
-        return cls(eng, lock_fd, loop, max_batch=max_batch, sync_interval=sync_interval, read_threads=read_threads)
+        if writes_on_loop and not eng.writes_on_loop:
+            await asyncio.to_thread(_close_engine, eng, lock_fd)
+            raise ValueError(f"the {eng.name} engine cannot commit on the event loop")
+        on_loop = eng.writes_on_loop if writes_on_loop is None else writes_on_loop
+        batch = max_batch or (LOOP_MAX_BATCH if on_loop else THREAD_MAX_BATCH)
+        return cls(eng, lock_fd, loop, writes_on_loop=on_loop, max_batch=batch, sync_interval=sync_interval,
+                   read_threads=read_threads)
 
     @property
     def engine_name(self) -> str:
         return self._engine.name
+
+    @property
+    def writes_on_loop(self) -> bool:
+        """True when writes commit on the event loop (update fns then run on the loop too)."""
+        return isinstance(self._writer, _LoopWriter)
+
+    @property
+    def reads_on_loop(self) -> bool:
+        """True when a point read is a few microseconds on the loop: get_nowait() is then allowed."""
+        return self._engine.reads_on_loop
 
     async def __aenter__(self) -> Storage:
         return self
@@ -370,21 +437,26 @@ class Storage:
 
     # -- writes
 
-    async def update(self, ns: Namespace, skey: bytes, fn: UpdateFn[T], *, durable: bool = False) -> T:
-        """Atomically replace the value of `skey` with `fn(current)[0]` and return `fn(current)[1]`.
+    def update(self, ns: Namespace, skey: bytes, fn: UpdateFn[T], *, durable: bool = False) -> asyncio.Future[T]:
+        """Atomically replace the value of `skey` with `fn(current)[0]`; the future gets `fn(current)[1]`.
 
-        fn runs in the writer thread inside the batch transaction and sees earlier ops of the same batch; it
-        must be quick and must not touch the event loop. Returning None as the value deletes the record. If fn
-        raises, this op fails with that exception and nothing is written for it. Returns once committed
-        (and fsynced if `durable`).
+        Use as `await storage.update(...)`. The op is queued by this call (so ops on one key apply in call
+        order); the returned future resolves once it is committed (and fsynced if `durable`). Cancelling the
+        future abandons the wait, not the write. fn runs inside the batch transaction (on the loop when
+        `writes_on_loop`, else in the writer thread) and sees earlier ops of the same batch: it must be quick,
+        must not block, and must not call Storage. Returning None as the value deletes the record. If fn
+        raises, this op fails with that exception and nothing is written for it. Bad arguments raise here;
+        after close() this raises StorageError.
         """
-        _check_ns(ns)
+        if ns not in NAMESPACES:
+            _check_ns(ns)
         _check_key(skey)
-        if asyncio.get_running_loop() is not self._loop:
+        loop = self._loop
+        if asyncio.get_running_loop() is not loop:
             raise StorageError("Storage used from a different event loop than the one that opened it")
-        fut: asyncio.Future[T] = self._loop.create_future()
+        fut: asyncio.Future[T] = loop.create_future()
         self._writer.submit(_Op(ns, skey, fn, durable, fut))
-        return await fut
+        return fut
 
     async def put(self, ns: Namespace, skey: bytes, value: bytes | None, *, durable: bool = False) -> None:
         """Write `value` (None deletes)."""
@@ -397,15 +469,25 @@ class Storage:
 
     # -- reads
 
+    def get_nowait(self, ns: Namespace, skey: bytes) -> bytes | None:
+        """Point read without a coroutine; only when `reads_on_loop` (else StorageError: use get())."""
+        if not self._engine.reads_on_loop:
+            raise StorageError(f"the {self._engine.name} engine does not read on the loop; use get()")
+        if ns not in NAMESPACES:
+            _check_ns(ns)
+        _check_key(skey)
+        self._check_open()
+        try:
+            return self._engine.get(ns, skey)
+        except _ENGINE_ERRORS as exc:
+            raise StorageError(f"get failed: {exc!r}") from exc
+
     async def get(self, ns: Namespace, skey: bytes) -> bytes | None:
+        if self._engine.reads_on_loop:
+            return self.get_nowait(ns, skey)
         _check_ns(ns)
         _check_key(skey)
         self._check_open()
-        if self._engine.reads_on_loop:
-            try:
-                return self._engine.get(ns, skey)
-            except _ENGINE_ERRORS as exc:
-                raise StorageError(f"get failed: {exc!r}") from exc
         return await self._in_reader(self._engine.get, ns, skey)
 
     async def scan(self, ns: Namespace, prefix: bytes = b"", *, start_after: bytes | None = None,
@@ -440,11 +522,12 @@ class Storage:
 
     def stats(self) -> dict[str, int | float]:
         """Counters for /metrics (cheap: a few syscalls, fine on the loop): batches, ops, ops_failed,
-        batch_errors, durable_batches, fsyncs (durable batches and close), background_syncs, sync_errors,
-        batch_ops_max/last, batch_seconds_total/max, queue_depth, disk_bytes, and per-engine extras
-        (LMDB: map_size, map_used_bytes, entries_<ns>)."""
-        out = dict(self._writer.counters)
-        out["queue_depth"] = self._writer.queue.qsize()
+        batch_errors, durable_batches, fsyncs (durable fsyncs and close), background_syncs, sync_errors,
+        batch_ops_max/last, batch_seconds_total/max (commit time; on the loop: how long it was held),
+        queue_depth, fsync_waiting (durable ops committed, waiting for their fsync), disk_bytes, and
+        per-engine extras (LMDB: map_size, map_used_bytes, entries_<ns>)."""
+        out = dict(self._committer.counters)
+        out["queue_depth"], out["fsync_waiting"] = self._writer.depth()
         out["background_syncs"] = self._syncer.syncs if self._syncer else 0
         out["sync_errors"] = self._syncer.errors if self._syncer else 0
         if not self._closed:
@@ -466,13 +549,20 @@ class Storage:
 
     async def _shutdown(self) -> None:
         try:
-            await asyncio.to_thread(self._writer.thread.join)
+            await self._writer.finish()
             if self._syncer is not None:
                 await asyncio.to_thread(self._syncer.stop)
             await asyncio.to_thread(self._readers.shutdown, True)
             self._engine.close()
         finally:
             os.close(self._lock_fd)
+
+
+def _close_engine(engine: Engine, lock_fd: int) -> None:
+    try:
+        engine.close()
+    finally:
+        os.close(lock_fd)
 
 
 def _open_engine(path: pathlib.Path, engine: EngineName | None, map_size: int,

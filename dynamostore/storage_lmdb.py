@@ -6,9 +6,10 @@ periodic `sync()` call mdb_env_sync(force) to put everything committed so far on
 OS crash under NOSYNC may lose or corrupt the unsynced tail; the periodic sync bounds that window.)
 
 Reads are MVCC snapshots that never wait on the writer and cost ~3 us (measured in docs/storage.md), so
-`reads_on_loop` is True. writemap is off by default: with it a full disk turns into SIGBUS on a page fault
-instead of an error from write(), and a stray pointer write could scribble on the map (measured trade-off in
-docs/storage.md).
+`reads_on_loop` is True. A commit without fsync is a few pwrite()s into the page cache (with writemap, just
+the meta page), so `writes_on_loop` is True too: the facade commits batches on the loop and fsyncs in a
+thread. writemap is off by default: with it a full disk turns into SIGBUS on a page fault instead of an error
+from write(), and a stray pointer write could scribble on the map (measured trade-off in docs/storage.md).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class LmdbWriteTxn:
 class LmdbEngine:
     name = "lmdb"
     reads_on_loop = True
+    writes_on_loop = True   # a NOSYNC commit is pwrite()s into the page cache: tens of us per batch
 
     def __init__(self, path: pathlib.Path, *, map_size: int, writemap: bool = False) -> None:
         self.path = path

@@ -77,6 +77,7 @@ class SqliteWriteTxn:
 class SqliteEngine:
     name = "sqlite"
     reads_on_loop = False
+    writes_on_loop = False  # a commit may wait on the WAL checkpoint / busy lock: keep it in the writer thread
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path

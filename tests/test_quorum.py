@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dynamostore.quorum import GetTally, PutTally, QuorumError, Reply, parse_quorum
-from dynamostore.versioning import update
+from dynamostore.versioning import VersionSet, causal, decode, encode, update
 
 
 @pytest.mark.parametrize(
@@ -72,3 +72,38 @@ def test_get_tally_not_found_counts_as_an_answer_but_pr_needs_primaries() -> Non
     t.add_error("n3", "unavailable")
     assert t.impossible()
     assert "pr=2" in t.outcome().reason
+
+
+def test_get_tally_equal_bytes_decode_once_and_need_no_repair() -> None:
+    state = update(None, {}, "n1.1", b"v", "t", 1)
+    raw = encode(state, local=False)
+    t = GetTally(r=3, pr=0, targets=3)
+    replies = [Reply(n, True, raw=raw) for n in ("n1", "n2", "n3")]
+    for r in replies:
+        t.add_reply(r)
+    out = t.outcome()
+    assert out.ok and out.state == state and t.repairs() == []
+    # only the first copy was decoded: the others were compared as bytes
+    assert [r._state is not None for r in replies] == [True, False, False]
+
+
+def test_get_tally_differing_bytes_reconcile_and_repair_the_stale_copy() -> None:
+    old = update(None, {}, "n1.1", b"old", "t", 1)
+    new = update(old, dict(old.clock), "n1.1", b"new", "t", 2)
+    t = GetTally(r=2, pr=0, targets=3)
+    t.add_reply(Reply("n1", True, raw=encode(old, local=False)))
+    t.add_reply(Reply("n2", True, raw=encode(new, local=False)))
+    out = t.outcome()
+    assert out.state is not None and [s.value for s in out.state.siblings] == [b"new"]
+    assert t.repairs() == ["n1"]
+    t.add_reply(Reply("n3", True, raw=None))  # a copy that is missing is stale too, and the merge is redone
+    assert t.repairs() == ["n1", "n3"] and t.merged() == out.state
+
+
+def test_causal_bytes_drop_only_the_local_actor() -> None:
+    minted = update(None, {}, "n1.7", b"v", "t", 1)
+    state = VersionSet(minted.clock, minted.siblings, local_actor="n1.7")
+    stored = encode(state)
+    assert causal(stored) == encode(state, local=False) != stored
+    assert decode(causal(stored)) == state and decode(causal(stored)).local_actor is None
+    assert causal(encode(state, local=False)) == encode(state, local=False)

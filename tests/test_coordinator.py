@@ -1,0 +1,197 @@
+"""The put and get coordinators driven step by step: a real local replica, and peers whose answers the test
+gives (or withholds) one at a time through the futures the coordinator is waiting on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dynamostore import versioning as v
+from dynamostore.coordinator import Coordinator, ReadOptions, Unavailable, WriteOptions
+from dynamostore.replica import LocalReplica
+from dynamostore.rpc import RpcUnavailable
+from dynamostore.storage import Storage
+from ring.placement import Ring, initial_ring
+
+NODES = ["n1", "n2", "n3", "n4"]
+
+
+@dataclass
+class Call:
+    node: str
+    method: str
+    payload: Any
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class Peers:
+    """The ClusterView of node n1: a fixed ring over four nodes, and replica calls that wait for the test."""
+
+    node_id: str = "n1"
+    n_val: int = 3
+    repair_wait: float = 5.0
+    replica_timeout: float = 5.0
+    read_all: bool = False
+    down: set[str] = field(default_factory=set)
+    calls: list[Call] = field(default_factory=list)
+    repairs: list[Call] = field(default_factory=list)
+    tasks: list[asyncio.Future[None]] = field(default_factory=list)
+    _ring: Ring = field(default_factory=lambda: initial_ring(NODES, 8))
+
+    @property
+    def ring(self) -> Ring:
+        return self._ring
+
+    @property
+    def liveness_version(self) -> int:
+        return len(self.down)
+
+    def up_set(self) -> set[str]:
+        return set(NODES) - self.down
+
+    def may_hint(self, primary: str) -> bool:
+        return True
+
+    def extra_targets(self, partition: int) -> tuple[str, ...]:
+        return ()
+
+    async def call(self, node: str, method: str, payload: Any, timeout: float) -> Any:
+        fut = asyncio.get_running_loop().create_future()
+        self.repairs.append(Call(node, method, payload, fut))
+        fut.set_result(True)
+        return await fut
+
+    def call_future(self, node: str, method: str, payload: Any, timeout: float) -> asyncio.Future[Any]:
+        fut = asyncio.get_running_loop().create_future()
+        self.calls.append(Call(node, method, payload, fut))
+        return fut
+
+    def spawn(self, coro: Awaitable[None], name: str) -> None:
+        self.tasks.append(asyncio.ensure_future(coro))
+
+    def pending(self) -> list[Call]:
+        return [c for c in self.calls if not c.future.done()]
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[tuple[Coordinator, Peers, bytes]]:
+    storage = await Storage.open(tmp_path / "s")
+    replica = await LocalReplica.open("n1", storage, partitions=8, segments=16, max_siblings=64, warn_siblings=16)
+    peers = Peers()
+    coord = Coordinator(peers, replica)
+    # a key whose three primaries include n1, so n1 coordinates it
+    key = next(k for k in (b"k%d" % i for i in range(1000))
+               if "n1" in peers.ring.preference_list(replica.ref(k).partition, 3)[0])
+    yield coord, peers, key
+    await storage.close()
+
+
+async def until(cond: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0)
+
+
+W2 = WriteOptions(w=2, dw=0, pw=0, sloppy=True, timeout=5.0)
+R2 = ReadOptions(r=2, pr=0, sloppy=True, timeout=5.0)
+
+
+async def test_put_answers_at_w_without_waiting_for_the_last_replica(setup: Any) -> None:
+    coord, peers, key = setup
+    put = asyncio.ensure_future(coord.put(key, b"v", "t", {}, W2))
+    await until(lambda: len(peers.calls) == 2)
+    assert {c.method for c in peers.calls} == {"kv.put"} and "n1" not in {c.node for c in peers.calls}
+    # replicas get the causal encoding: the coordinator's local actor bookkeeping stays home
+    sent = v.decode(peers.calls[0].payload[1])
+    assert sent.local_actor is None and [s.value for s in sent.siblings] == [b"v"]
+    peers.calls[0].future.set_result(True)
+    res = await asyncio.wait_for(put, 5)
+    assert (res.acks, res.hinted) == (2, 0) and not peers.calls[1].future.done()
+
+
+async def test_a_failed_replica_is_replaced_by_a_fallback_holding_a_hint(setup: Any) -> None:
+    coord, peers, key = setup
+    put = asyncio.ensure_future(coord.put(key, b"v", "t", {}, W2))
+    await until(lambda: len(peers.calls) == 2)
+    failed = peers.calls[0]
+    failed.future.set_exception(RpcUnavailable("refused"))
+    await until(lambda: len(peers.calls) == 3)
+    spare = peers.calls[2]
+    assert spare.node not in {c.node for c in peers.calls[:2]} | {"n1"}
+    assert spare.payload[3] == failed.node  # the fallback keeps the copy as a hint for the failed primary
+    spare.future.set_result(True)
+    res = await asyncio.wait_for(put, 5)
+    assert (res.acks, res.hinted) == (2, 1)
+
+
+async def test_a_put_nobody_answers_times_out_with_a_reason(setup: Any) -> None:
+    coord, peers, key = setup
+    peers.replica_timeout = 0.05  # slow replicas are replaced (by the one spare), then the deadline passes
+    with pytest.raises(Unavailable, match="timed out: required w=2, 1 acknowledged"):
+        await coord.put(key, b"v", "t", {}, WriteOptions(w=2, dw=0, pw=0, sloppy=True, timeout=0.3))
+    assert len(peers.calls) == 3
+
+
+async def test_a_get_reads_its_own_copy_and_one_peer_and_repairs_nothing_when_they_agree(setup: Any) -> None:
+    coord, peers, key = setup
+    put = asyncio.ensure_future(coord.put(key, b"v", "t", {}, W2))
+    await until(lambda: len(peers.calls) == 2)
+    peers.calls[0].future.set_result(True)
+    written = (await put).state
+    peers.calls.clear()
+    get = asyncio.ensure_future(coord.get(key, R2))
+    await until(lambda: len(peers.calls) == 1)  # R=2: this node's copy plus one peer, not all three
+    assert peers.calls[0].method == "kv.get"
+    peers.calls[0].future.set_result(v.encode(written, local=False))
+    res = await asyncio.wait_for(get, 5)
+    assert res.replies == 2 and res.state is not None and [s.value for s in res.state.live] == [b"v"]
+    assert peers.tasks == []  # equal bytes: no read repair was even started
+
+
+async def test_a_stale_peer_is_repaired_after_the_client_was_answered(setup: Any) -> None:
+    coord, peers, key = setup
+    put = asyncio.ensure_future(coord.put(key, b"new", "t", {}, W2))
+    await until(lambda: len(peers.calls) == 2)
+    peers.calls[0].future.set_result(True)
+    await put
+    peers.calls.clear()
+    get = asyncio.ensure_future(coord.get(key, R2))
+    await until(lambda: len(peers.calls) == 1)
+    stale = peers.calls[0]
+    stale.future.set_result(None)  # that peer never got the write
+    res = await asyncio.wait_for(get, 5)
+    assert res.state is not None and [s.value for s in res.state.live] == [b"new"]
+    await asyncio.wait_for(asyncio.gather(*peers.tasks), 5)
+    assert [(c.node, c.method) for c in peers.repairs] == [(stale.node, "kv.put")]
+    assert [s.value for s in v.decode(peers.repairs[0].payload[1]).live] == [b"new"]
+
+
+async def test_a_failed_read_asks_the_replica_held_in_reserve(setup: Any) -> None:
+    coord, peers, key = setup
+    get = asyncio.ensure_future(coord.get(key, R2))
+    await until(lambda: len(peers.calls) == 1)
+    first = peers.calls[0]
+    first.future.set_exception(RpcUnavailable("refused"))
+    await until(lambda: len(peers.calls) == 2)
+    second = peers.calls[1]
+    assert second.node not in (first.node, "n1") and second.method == "kv.get"
+    second.future.set_result(None)
+    res = await asyncio.wait_for(get, 5)
+    assert res.replies == 2 and res.state is None  # nobody has the key: a 404, from two answers
+
+
+async def test_a_get_that_cannot_reach_r_replicas_fails_at_once(setup: Any) -> None:
+    coord, peers, key = setup
+    ring = peers.ring
+    primaries, _ = ring.preference_list(coord.replica.ref(key).partition, 3)
+    peers.down = {p for p in primaries if p != "n1"}
+    with pytest.raises(Unavailable, match="required r=3"):
+        await coord.get(key, ReadOptions(r=3, pr=0, sloppy=False, timeout=5.0))
+    assert peers.calls == []
