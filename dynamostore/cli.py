@@ -62,12 +62,11 @@ def _run_node(args: argparse.Namespace) -> int:
 
 def _settle_heap() -> None:
     """After start-up: move everything allocated so far (config, ring, Merkle trees, caches) out of the cyclic
-    garbage collector's reach, and collect young objects less often. A node's heap is mostly long-lived and
-    its requests create few reference cycles; with the defaults the collector cost ~9% of a coordinator's CPU
-    under load (py-spy), most of it re-traversing the start-up objects."""
+    garbage collector's reach, so its full collections stop re-traversing them (py-spy showed the collector at
+    ~9% of a coordinator's CPU under load). The thresholds stay at their defaults: raising them made each
+    collection longer and the p99 of gets went from 15 to 64 ms (bench/throughput.py, docs/performance.md)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def _request(method: str, url: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:

@@ -9,6 +9,7 @@ a context read from one key cannot be replayed on another; any bit flip fails ve
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 
@@ -23,8 +24,12 @@ class InvalidContext(ValueError):
     pass
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    # base64.urlsafe_b64encode, without its Python-level wrappers (a token is encoded on every answer)
+    return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
@@ -33,10 +38,15 @@ def _unb64(text: str) -> bytes:
 
 class ContextCodec:
     def __init__(self, cluster_secret: bytes) -> None:
-        self._key = hashlib.sha256(b"dynamostore-context\x00" + cluster_secret).digest()
+        key = hashlib.sha256(b"dynamostore-context\x00" + cluster_secret).digest()
+        self._keyed = hashlib.blake2b(key=key, digest_size=16)  # copied per token: cheaper than keying again
 
     def _mac(self, key: bytes, body: bytes) -> bytes:
-        return hashlib.blake2b(len(key).to_bytes(4, "big") + key + body, key=self._key, digest_size=16).digest()
+        h = self._keyed.copy()
+        h.update(len(key).to_bytes(4, "big"))
+        h.update(key)
+        h.update(body)
+        return h.digest()
 
     def encode(self, key: bytes, clock: Clock) -> str:
         body = msgpack.packb(sorted(clock.items()))

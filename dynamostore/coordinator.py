@@ -115,7 +115,7 @@ class _Gather:
     keep arriving after the client was answered: read repair listens to them), and `wait` wakes the
     coordinator once, when its condition holds, every call has answered, or a deadline passes."""
 
-    __slots__ = ("loop", "on_answer", "calls", "pending", "_waiter", "_until")
+    __slots__ = ("loop", "on_answer", "calls", "pending", "_waiter", "_until", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_answer: Answer) -> None:
         self.loop = loop
@@ -124,6 +124,7 @@ class _Gather:
         self.pending = 0
         self._waiter: asyncio.Future[bool] | None = None
         self._until: Callable[[], bool] = bool
+        self._timer: asyncio.TimerHandle | None = None
 
     def add(self, fut: asyncio.Future[Any], target: Target) -> None:
         self.calls[fut] = target
@@ -164,19 +165,24 @@ class _Gather:
             return True
         w = self._waiter = self.loop.create_future()
         self._until = until
-        timer = self.loop.call_at(deadline, _expire, w)
-        slow = None
+        # One timer at a time: the soft deadline's, which arms the hard one when it fires (most requests are
+        # answered before either, and creating and cancelling a second timer each time is measurable).
         if soft_deadline is not None and on_slow is not None and soft_deadline < deadline:
-            slow = self.loop.call_at(soft_deadline, self._slow, on_slow)
+            self._timer = self.loop.call_at(soft_deadline, self._slow, on_slow, deadline)
+        else:
+            self._timer = self.loop.call_at(deadline, _expire, w)
         try:
             return await w
         finally:
-            timer.cancel()
-            if slow is not None:
-                slow.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
             self._waiter = None
 
-    def _slow(self, on_slow: Callable[[Target], None]) -> None:
+    def _slow(self, on_slow: Callable[[Target], None], deadline: float) -> None:
+        w = self._waiter
+        if w is None or w.done():
+            return
+        self._timer = self.loop.call_at(deadline, _expire, w)
         for f, t in list(self.calls.items()):
             if not f.done():
                 on_slow(t)

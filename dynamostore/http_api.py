@@ -138,10 +138,10 @@ class Api:
     ) -> Response:
         if state is not None:
             headers["X-Context"] = self.codec.encode(key, state.clock)
-        if state is None or state.is_deleted:
+        live = state.live if state is not None else ()
+        if not live:  # no record, or nothing but tombstones
             return json_response({"error": "not_found", "reason": "no value for this key"}, status=404,
                                  headers=headers)
-        live = state.live
         if len(live) == 1:
             s = live[0]
             return Response(s.value or b"", 200, {**headers, "Content-Type": s.content_type})

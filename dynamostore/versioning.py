@@ -85,7 +85,10 @@ class VersionSet:
 
     @property
     def live(self) -> tuple[Sibling, ...]:
-        return tuple(s for s in self.siblings if s.value is not None)
+        sibs = self.siblings
+        if len(sibs) == 1:  # the common case, without a generator
+            return sibs if sibs[0].value is not None else ()
+        return tuple([s for s in sibs if s.value is not None])
 
     @property
     def is_deleted(self) -> bool:
