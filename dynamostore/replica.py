@@ -27,7 +27,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from dynamostore import versioning as v
 from dynamostore.storage import Namespace, Storage, data_key, split_data_key
@@ -171,7 +170,9 @@ class LocalReplica:
         """Apply a client write here as its coordinator; returns the new state to replicate."""
         now_ms = int(time.time() * 1000)
 
-        def apply(raw: bytes | None) -> tuple[bytes | None, tuple[v.VersionSet, bytes | None, bytes | None]]:
+        digests: list[bytes | None] = [None, None]  # (old, new), for the Merkle hook
+
+        def apply(raw: bytes | None) -> tuple[bytes | None, v.VersionSet]:
             cur = v.decode(raw) if raw is not None else None
             actor = self._actor_for(cur, context)
             new = v.update(cur, context, actor, value, content_type, now_ms)
@@ -181,11 +182,12 @@ class LocalReplica:
                     f"key would have {len(new.siblings)} siblings, more than the limit of {self.max_siblings}; "
                     "read the key and write back with its X-Context to resolve them"
                 )
-            return v.encode(new), (new, v.digest(cur), v.digest(new))
+            digests[0], digests[1] = v.digest(cur), v.digest(new)
+            return v.encode(new), new
 
         ns: Namespace = "data" if hint_for is None else "hints"
         skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
-        new, _, _ = await self._commit(ref, hint_for, self.storage.update(ns, skey, apply, durable=durable))
+        new = await self.storage.update(ns, skey, apply, durable=durable, on_commit=self._hook(ref, hint_for, digests))
         if len(new.siblings) >= self.warn_siblings:
             log.warning("key %r has %d siblings (limit %d)", ref.key, len(new.siblings), self.max_siblings)
         return new
@@ -195,56 +197,33 @@ class LocalReplica:
     ) -> asyncio.Future[bool]:
         """Merge a copy in with causality; the future says whether the stored state changed.
 
-        A future rather than a coroutine: replicas serve kv.put straight from the storage commit, without a
-        task. The Merkle hook runs once the commit is done, even if the caller stopped waiting."""
+        The storage op's own future, not a coroutine: replicas answer kv.put straight from the commit, without
+        a task or a chained future."""
 
-        def apply(raw: bytes | None) -> tuple[bytes | None, tuple[bytes | None, bytes | None]]:
+        digests: list[bytes | None] = [None, None]  # (old, new), for the Merkle hook
+
+        def apply(raw: bytes | None) -> tuple[bytes | None, bool]:
             cur = v.decode(raw) if raw is not None else None
             # the copy keeps its own actor bookkeeping; whatever the incoming copy minted stays its own
             synced = v.sync(cur, incoming)
             merged = v.VersionSet(synced.clock, synced.siblings, cur.local_actor if cur is not None else None)
             if cur is not None and v.same_version(cur, merged):
-                return raw, (v.digest(cur), v.digest(cur))
-            return v.encode(merged), (v.digest(cur), v.digest(merged))
+                digests[0] = digests[1] = v.digest(cur)
+                return raw, False
+            digests[0], digests[1] = v.digest(cur), v.digest(merged)
+            return v.encode(merged), True
 
         ns: Namespace = "data" if hint_for is None else "hints"
         skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
-        out: asyncio.Future[bool] = self._commit(
-            ref, hint_for, self.storage.update(ns, skey, apply, durable=durable), lambda r: r[0] != r[1]
-        )
-        return out
+        return self.storage.update(ns, skey, apply, durable=durable, on_commit=self._hook(ref, hint_for, digests))
 
-    def _commit(
-        self, ref: KeyRef, hint_for: str | None, committed: asyncio.Future[Any],
-        result: Callable[[Any], Any] = lambda r: r,
-    ) -> asyncio.Future[Any]:
-        """The caller's view of a storage op whose result ends with (old digest, new digest): once committed,
-        the Merkle trees hear of the change (or the new hint is counted) even if the caller stopped waiting
-        (a client that went away), then the returned future gets `result(r)`. A separate future, so that
-        cancelling the caller never cancels the op's own future and skips the trees."""
-        out: asyncio.Future[Any] = committed.get_loop().create_future()
-
-        def done(f: asyncio.Future[Any]) -> None:
-            if f.cancelled():
-                if not out.done():
-                    out.cancel()
-                return
-            exc = f.exception()
-            if exc is None:
-                old_d, new_d = f.result()[-2:]
-                if hint_for is None:
-                    self._notify(ref, old_d, new_d)
-                else:
-                    self._hinted(hint_for, old_d)
-            if out.done():
-                return
-            if exc is not None:
-                out.set_exception(exc)
-            else:
-                out.set_result(result(f.result()))
-
-        committed.add_done_callback(done)
-        return out
+    def _hook(self, ref: KeyRef, hint_for: str | None, digests: list[bytes | None]) -> Callable[[object], None]:
+        """What follows a committed change, once `apply` has filled `digests` with (old, new): the Merkle trees
+        hear of it, or the new hint is counted. Storage runs it right after the commit, even if the caller
+        stopped waiting (a client that went away), so the trees always match what is stored."""
+        if hint_for is None:
+            return lambda _: self._notify(ref, digests[0], digests[1])
+        return lambda _: self._hinted(hint_for, digests[0])
 
     def _hinted(self, target: str, old_digest: bytes | None) -> None:
         if old_digest is None and self.on_new_hint is not None:

@@ -38,7 +38,7 @@ import queue
 import sqlite3
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, Literal, NamedTuple, TypeVar, cast, get_args
 
@@ -107,9 +107,26 @@ class _Op(NamedTuple):      # a tuple, not a frozen dataclass: built once per wr
     fn: Callable[[bytes | None], tuple[bytes | None, Any]]
     durable: bool
     future: asyncio.Future[Any]
+    on_commit: Callable[[Any], None] | None = None
 
 
 _Outcome = tuple[asyncio.Future[Any], bool, Any]   # (future, ok, result or exception)
+
+
+def _committed(ops: Sequence[_Op], outcomes: Sequence[tuple[bool, Any]]) -> None:
+    """Runs on the loop right after a commit, before any future is resolved: each successful op's on_commit
+    hook gets its result, whether or not its caller is still waiting."""
+    for op, (ok, value) in zip(ops, outcomes):
+        if ok and op.on_commit is not None:
+            try:
+                op.on_commit(value)
+            except Exception:  # noqa: BLE001 - a hook's bug must not fail the writes of the batch
+                log.exception("storage on_commit hook failed")
+
+
+def _hooks_then_settle(ops: Sequence[_Op], outcomes: list[tuple[bool, Any]]) -> None:
+    _committed(ops, outcomes)
+    _settle([(op.future, ok, v) for op, (ok, v) in zip(ops, outcomes)])
 _STOP: Final = object()
 
 
@@ -195,7 +212,10 @@ class _ThreadWriter:
                         inflight.append(cast(_Op, item))
                 if inflight:
                     outcomes = self.committer.apply(inflight, fsync=any(op.durable for op in inflight))
-                    self._resolve([(op.future, ok, v) for op, (ok, v) in zip(inflight, outcomes)])
+                    try:
+                        self.loop.call_soon_threadsafe(_hooks_then_settle, inflight, outcomes)
+                    except RuntimeError:    # the loop is closed: nobody is left waiting for these
+                        pass
                 inflight = []
             _final_sync(self.committer)     # a clean close leaves everything on disk
         except BaseException as exc:  # the writer must never die silently
@@ -280,6 +300,7 @@ class _LoopWriter:
             pending, self.queue = ops + list(q), collections.deque()
             _settle([(op.future, False, StorageError(f"storage writer failed: {exc!r}")) for op in pending])
             raise
+        _committed(ops, outcomes)
         for op, (ok, value) in zip(ops, outcomes):
             fut = op.future
             if ok and op.durable:
@@ -437,7 +458,8 @@ class Storage:
 
     # -- writes
 
-    def update(self, ns: Namespace, skey: bytes, fn: UpdateFn[T], *, durable: bool = False) -> asyncio.Future[T]:
+    def update(self, ns: Namespace, skey: bytes, fn: UpdateFn[T], *, durable: bool = False,
+               on_commit: Callable[[T], None] | None = None) -> asyncio.Future[T]:
         """Atomically replace the value of `skey` with `fn(current)[0]`; the future gets `fn(current)[1]`.
 
         Use as `await storage.update(...)`. The op is queued by this call (so ops on one key apply in call
@@ -447,6 +469,10 @@ class Storage:
         must not block, and must not call Storage. Returning None as the value deletes the record. If fn
         raises, this op fails with that exception and nothing is written for it. Bad arguments raise here;
         after close() this raises StorageError.
+
+        `on_commit(result)` runs on the loop once the op is committed (before an fsync it asked for, before
+        any future of the batch is resolved), even if the caller stopped waiting: for bookkeeping that must
+        follow the stored data exactly (the Merkle trees).
         """
         if ns not in NAMESPACES:
             _check_ns(ns)
@@ -455,7 +481,7 @@ class Storage:
         if asyncio.get_running_loop() is not loop:
             raise StorageError("Storage used from a different event loop than the one that opened it")
         fut: asyncio.Future[T] = loop.create_future()
-        self._writer.submit(_Op(ns, skey, fn, durable, fut))
+        self._writer.submit(_Op(ns, skey, fn, durable, fut, on_commit))
         return fut
 
     async def put(self, ns: Namespace, skey: bytes, value: bytes | None, *, durable: bool = False) -> None:

@@ -216,3 +216,35 @@ async def test_update_from_another_loop_is_refused(store: Storage) -> None:
 
     await asyncio.to_thread(other)
     assert store.stats()["queue_depth"] == 0
+
+
+@pytest.mark.parametrize("engine", ["lmdb", "sqlite"])
+async def test_on_commit_runs_after_the_commit_even_for_a_caller_that_gave_up(
+    tmp_path: pathlib.Path, engine: str
+) -> None:
+    """The Merkle trees follow the stored data through this hook: it must run for every committed op (before its
+    future resolves, whether or not anyone still waits for it) and never for an op that failed."""
+    s = await Storage.open(tmp_path / "db", engine=engine, sync_interval=None)  # type: ignore[arg-type]
+    seen: list[tuple[str, object, bool]] = []
+
+    def hook(name: str, fut_box: list[asyncio.Future[object]]) -> Callable[[object], None]:
+        return lambda result: seen.append((name, result, fut_box[0].done() and not fut_box[0].cancelled()))
+
+    def failing(_: bytes | None) -> tuple[bytes | None, object]:
+        raise ValueError("refused")
+
+    boxes: list[list[asyncio.Future[object]]] = [[], [], []]
+    futs = [
+        s.update("data", b"a", lambda _: (b"1", "a-result"), on_commit=hook("a", boxes[0])),
+        s.update("data", b"b", lambda _: (b"2", "b-result"), on_commit=hook("b", boxes[1])),
+        s.update("data", b"c", failing, on_commit=hook("c", boxes[2])),
+    ]
+    for box, fut in zip(boxes, futs):
+        box.append(fut)
+    futs[1].cancel()  # the caller of "b" stopped waiting: its write and its hook still happen
+    assert await asyncio.wait_for(futs[0], DEADLINE) == "a-result"
+    with pytest.raises(ValueError, match="refused"):
+        await asyncio.wait_for(futs[2], DEADLINE)
+    assert seen == [("a", "a-result", False), ("b", "b-result", False)]
+    assert await s.get("data", b"b") == b"2"
+    await s.close()
