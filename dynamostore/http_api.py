@@ -61,6 +61,11 @@ class Api:
         self.limits = f.limits
         self.n = node.n_val
         self.codec = ContextCodec(node.config.secret)
+        # What a request without consistency headers or parameters gets (most of them): built once.
+        q = self.q
+        self._default_read = ReadOptions(r=q.r, pr=0, sloppy=q.sloppy, timeout=q.timeout_ms / 1000)
+        self._default_write = WriteOptions(w=max(q.w, q.dw), dw=q.dw, pw=0, sloppy=q.sloppy,
+                                           timeout=q.timeout_ms / 1000)
 
     # --- request parsing ------------------------------------------------------------------------------
 
@@ -119,6 +124,10 @@ class Api:
         return int(raw) / 1000
 
     def _write_opts(self, request: Request) -> WriteOptions:
+        h = request.headers
+        if (not request.query_string and "x-write-quorum" not in h and "x-durable-writes" not in h
+                and "x-consistency-level" not in h and "x-sloppy-quorum" not in h and "x-timeout-ms" not in h):
+            return self._default_write
         w = self._quorum(request, "X-Write-Quorum", "w", self.q.w)
         dw = self._quorum(request, "X-Durable-Writes", "dw", self.q.dw)
         pw = self._quorum(request, "", "pw", 0)
@@ -127,6 +136,10 @@ class Api:
         return WriteOptions(w=w, dw=dw, pw=pw, sloppy=self._sloppy(request), timeout=self._timeout(request))
 
     def _read_opts(self, request: Request) -> ReadOptions:
+        h = request.headers
+        if (not request.query_string and "x-read-quorum" not in h and "x-consistency-level" not in h
+                and "x-sloppy-quorum" not in h and "x-timeout-ms" not in h):
+            return self._default_read
         r = self._quorum(request, "X-Read-Quorum", "r", self.q.r)
         pr = self._quorum(request, "", "pr", 0)
         return ReadOptions(r=r, pr=pr, sloppy=self._sloppy(request), timeout=self._timeout(request))
