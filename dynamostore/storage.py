@@ -301,16 +301,13 @@ class _LoopWriter:
             _settle([(op.future, False, StorageError(f"storage writer failed: {exc!r}")) for op in pending])
             raise
         _committed(ops, outcomes)
+        settled: list[_Outcome] = []
         for op, (ok, value) in zip(ops, outcomes):
-            fut = op.future
             if ok and op.durable:
-                self.fsync_waiting.append((fut, value))
-            elif fut.done():
-                continue
-            elif ok:
-                fut.set_result(value)
+                self.fsync_waiting.append((op.future, value))  # resolved once its fsync is done
             else:
-                fut.set_exception(value)
+                settled.append((op.future, ok, value))
+        _settle(settled)
         if self.fsync_waiting and self.fsync_running is None:
             self._start_fsync()
 
