@@ -256,8 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--url", default=DEFAULT_URL)
     s.add_argument("--json", action="store_true")
     from dynamostore.bench.cli import add_parser as add_bench_parser
+    from dynamostore.native import add_parser as add_native_parser
 
     add_bench_parser(sub)
+    add_native_parser(sub)
     return p
 
 
@@ -283,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             from dynamostore.bench.cli import run as run_bench
 
             return run_bench(args)
+        if args.cmd == "native":
+            from dynamostore.native import run as run_native
+
+            return run_native(args)
     except ConfigError as exc:
         print(f"dynamostore: {exc}", file=sys.stderr)
         return 2

@@ -133,7 +133,7 @@ def _decode_escapes(m: re.Match[str]) -> str:
     out: list[str] = []
     i = 0
     for ch in data.decode("utf-8", "surrogateescape"):
-        if "\udc80" <= ch <= "\udcff":
+        if 0xDC80 <= ord(ch) <= 0xDCFF:
             out.append(run[3 * i:3 * i + 3])
             i += 1
         else:
@@ -238,8 +238,9 @@ class HttpServer:
 
     @property
     def port(self) -> int:
-        assert self._server is not None and self._server.sockets
-        return int(self._server.sockets[0].getsockname()[1])
+        server: Any = self._server  # uvloop's sockets is a list, not the tuple typeshed declares
+        assert server is not None and server.sockets
+        return int(server.sockets[0].getsockname()[1])
 
     async def start(self, host: str, port: int, reuse_address: bool = True) -> None:
         loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
+from dynamostore import native
 from dynamostore import versioning as v
 from dynamostore.antientropy_worker import AntiEntropyWorker
 from dynamostore.config import NodeConfig
@@ -232,8 +233,8 @@ class Node:
 
         self.http_runner = build_server(self)
         await self.http_runner.start(me.http_host, me.http_port, reuse_address=True)
-        log.info("node %s serving http://%s:%d (rpc %s:%d)", self.node_id, me.http_host, me.http_port,
-                 me.rpc_host, me.rpc_port)
+        log.info("node %s serving http://%s:%d (rpc %s:%d); compiled modules: %s", self.node_id, me.http_host,
+                 me.http_port, me.rpc_host, me.rpc_port, native.status)
 
     async def stop(self) -> None:
         # Stop taking requests first (clients, then peers), so nothing changes the data after the
@@ -363,6 +364,7 @@ class Node:
             "members": members,
             "storage": self.storage.stats(),
             "coordinator": {"read_repairs": self.coordinator.read_repairs, "forwarded": self.coordinator.forwarded},
+            "compiled_modules": {"active": native.active, "status": native.status},
         }
         for s in self.services:
             out.update(s.status())

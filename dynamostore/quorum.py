@@ -134,9 +134,11 @@ class GetTally:
     reserve: int = 0  # replicas held back, asked only if one asked fails or is slow
     replies: list[Reply] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
-    primaries: int = field(default=0, init=False)  # replies from primaries
-    # (replies merged, result), recomputed only when a reply was added
-    _merged: tuple[int, VersionSet | None] = field(default=(-1, None), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.primaries = 0  # replies from primaries
+        # (replies merged, result), recomputed only when a reply was added
+        self._merged: tuple[int, VersionSet | None] = (-1, None)
 
     def add_reply(self, reply: Reply) -> None:
         self.replies.append(reply)

@@ -63,9 +63,10 @@ class RpcServer:
     @property
     def port(self) -> int:
         """The actual bound port (useful with port=0); the requested port before start()."""
-        if self._server is None or not self._server.sockets:
+        server: Any = self._server  # uvloop's sockets is a list, not the tuple typeshed declares
+        if server is None or not server.sockets:
             return self._want_port
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         if self._server is not None:

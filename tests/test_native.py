@@ -1,0 +1,75 @@
+"""The loader of compiled modules uses them only when they were built from the sources on disk now."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dynamostore import native
+
+
+def _manifest(root: Path, modules: dict[str, str], tag: str | None = None) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "manifest.json").write_text(json.dumps({"tag": tag or native._tag(), "modules": modules}))
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DYNAMOSTORE_NATIVE_DIR", str(tmp_path / "native"))
+    monkeypatch.delenv("DYNAMOSTORE_PURE", raising=False)
+    monkeypatch.setattr(native, "status", "not activated")
+    monkeypatch.setattr(native, "active", False)
+    return tmp_path / "native"
+
+
+def test_nothing_built_means_python_modules(root: Path) -> None:
+    path = ["/src/dynamostore"]
+    native.activate(path)
+    assert path == ["/src/dynamostore"]
+    assert not native.active and native.status.startswith("not built")
+
+
+def test_current_build_goes_first_on_the_package_path(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _manifest(root, native._sources())
+    monkeypatch.setattr("sys.path", ["/x"])
+    path = ["/src/dynamostore"]
+    native.activate(path)
+    assert path == [str(root / "dynamostore"), "/src/dynamostore"]
+    assert native.active and native.status.startswith("on")
+    import sys
+
+    assert sys.path == ["/x", str(root / "lib")]  # the shared library, after everything else
+
+
+def test_a_changed_source_makes_the_whole_build_stale(root: Path) -> None:
+    digests = native._sources()
+    digests["quorum"] = "0" * 64
+    _manifest(root, digests)
+    path = ["/src/dynamostore"]
+    native.activate(path)
+    assert path == ["/src/dynamostore"]
+    assert not native.active
+    assert native.status == "stale: quorum.py changed since the build"
+
+
+def test_another_interpreter_build_is_not_used(root: Path) -> None:
+    _manifest(root, native._sources(), tag="cpython-99-elsewhere")
+    assert native.check() == f"built for cpython-99-elsewhere, this interpreter is {native._tag()}"
+
+
+def test_pure_switch_wins_over_a_current_build(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _manifest(root, native._sources())
+    monkeypatch.setenv("DYNAMOSTORE_PURE", "1")
+    path = ["/src/dynamostore"]
+    native.activate(path)
+    assert path == ["/src/dynamostore"] and not native.active
+    assert "DYNAMOSTORE_PURE" in native.status
+
+
+def test_a_corrupt_manifest_is_reported(root: Path) -> None:
+    root.mkdir(parents=True)
+    (root / "manifest.json").write_text("{not json")
+    why = native.check()
+    assert why is not None and why.startswith("unreadable manifest")
