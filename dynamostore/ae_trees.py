@@ -206,7 +206,8 @@ class PartitionTrees:
         if not wanted:
             return out
         if len(wanted) >= 4 and self.counts.get(partition, 0) <= _RANGE_SCAN_KEYS_PER_SEGMENT * len(wanted):
-            ranges = [(partition_prefix(partition), segment_prefix(partition, wanted[0]), wanted[-1])]
+            ranges: list[tuple[bytes, bytes | None, int]] = [
+                (partition_prefix(partition), segment_prefix(partition, wanted[0]), wanted[-1])]
         else:
             ranges = [(segment_prefix(partition, seg), None, seg) for seg in wanted]
         for prefix, after, last in ranges:

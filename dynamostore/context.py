@@ -67,5 +67,5 @@ class ContextCodec:
         try:
             items = msgpack.unpackb(body, raw=False)
             return {str(node): int(counter) for node, counter in items}
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:  # pragma: no cover - MAC makes this unreachable
-            raise InvalidContext("X-Context body is malformed") from exc
+        except (ValueError, TypeError, msgpack.UnpackException) as malformed:  # pragma: no cover - MAC makes this unreachable
+            raise InvalidContext("X-Context body is malformed") from malformed

@@ -7,8 +7,9 @@ it: it asks R targets (its own copy first, read on the loop), more only when one
 once R replies are in, then keeps listening for the stragglers for a short while and repairs the stale
 primaries in the background (read repair).
 
-Answers are fed to the tally from the replica calls' done callbacks (`_Gather`), and the coordinator wakes
-once, when the tally is decided or a deadline passes: no task or `asyncio.wait` per request.
+Answers are fed to the tally by callbacks the RPC client calls as it reads them (`_Gather`), and the
+coordinator wakes once, when the tally is decided or a deadline passes: no future, task or `asyncio.wait`
+per replica call.
 
 Replica calls that are still running when the client is answered are not cancelled: replication completes
 in the background and its outcome still feeds the failure detector.
@@ -26,6 +27,7 @@ from dynamostore import versioning as v
 from dynamostore.quorum import GetTally, PutTally, Reply
 from dynamostore.replica import KeyRef, LocalReplica
 from dynamostore.rpc import RpcError, RpcRemoteError
+from dynamostore.rpc_client import Then, then_from
 from ring.placement import Ring, Role, Target, apl
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,8 @@ class ClusterView(Protocol):
     def may_hint(self, primary: str) -> bool: ...
     def extra_targets(self, partition: int) -> tuple[str, ...]: ...
     async def call(self, node: str, method: str, payload: Any, timeout: float) -> Any: ...
-    def call_future(self, node: str, method: str, payload: Any, timeout: float) -> asyncio.Future[Any]: ...
+    def call_then(self, node: str, method: str, payload: Any, timeout: float, then: Then) -> None:
+        """Call `method` on `node`; its outcome goes to `then(result, exc)`, possibly later."""
     def spawn(self, coro: Awaitable[None], name: str) -> None: ...
 
 
@@ -109,38 +112,41 @@ Answer = Callable[[Target, Any, "BaseException | None"], None]
 
 
 class _Gather:
-    """The replica calls of one request: answers go to `on_answer` as they arrive (done callbacks, so they
-    keep arriving after the client was answered: read repair listens to them), and `wait` wakes the
-    coordinator once, when its condition holds, every call has answered, or a deadline passes."""
+    """The replica calls of one request: answers go to `on_answer` as they arrive (they keep arriving after
+    the client was answered: read repair listens to them), and `wait` wakes the coordinator once, when its
+    condition holds, every call has answered, or a deadline passes."""
 
-    __slots__ = ("loop", "on_answer", "calls", "pending", "_waiter", "_until", "_timer")
+    __slots__ = ("loop", "on_answer", "waiting", "_seq", "_waiter", "_until", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_answer: Answer) -> None:
         self.loop = loop
         self.on_answer = on_answer
-        self.calls: dict[asyncio.Future[Any], Target] = {}
-        self.pending = 0
+        self.waiting: dict[int, Target] = {}  # calls not answered yet
+        self._seq = 0
         self._waiter: asyncio.Future[bool] | None = None
         self._until: Callable[[], bool] = bool
         self._timer: asyncio.TimerHandle | None = None
 
-    def add(self, fut: asyncio.Future[Any], target: Target) -> None:
-        self.calls[fut] = target
-        self.pending += 1
-        fut.add_done_callback(self._arrived)
+    def track(self, target: Target) -> Then:
+        """A call to `target` is made: the callback its answer (or failure) is to be given to, once."""
+        seq = self._seq = self._seq + 1
+        self.waiting[seq] = target
+
+        def arrived(result: Any, exc: BaseException | None) -> None:
+            if self.waiting.pop(seq, None) is None:
+                return
+            self.on_answer(target, result, exc)
+            self._check()
+
+        return arrived
+
+    @property
+    def pending(self) -> int:
+        return len(self.waiting)
 
     def answered(self, target: Target, result: Any, exc: BaseException | None) -> None:
         """An answer obtained synchronously (this node's own copy, read on the loop)."""
         self.on_answer(target, result, exc)
-        self._check()
-
-    def _arrived(self, fut: asyncio.Future[Any]) -> None:
-        self.pending -= 1
-        if fut.cancelled():
-            self.on_answer(self.calls[fut], None, asyncio.CancelledError())
-        else:
-            exc = fut.exception()  # retrieved here, so a late failure is never 'never retrieved'
-            self.on_answer(self.calls[fut], None if exc is not None else fut.result(), exc)
         self._check()
 
     def _check(self) -> None:
@@ -181,9 +187,8 @@ class _Gather:
         if w is None or w.done():
             return
         self._timer = self.loop.call_at(deadline, _expire, w)
-        for f, t in list(self.calls.items()):
-            if not f.done():
-                on_slow(t)
+        for t in list(self.waiting.values()):
+            on_slow(t)
         self._check()
 
 
@@ -276,7 +281,7 @@ class Coordinator:
         raw = v.encode(state, local=False)
 
         def send(t: Target) -> None:
-            gather.add(self.view.call_future(t.node, "kv.put", [key, raw, durable, t.hint_for], opts.timeout), t)
+            self.view.call_then(t.node, "kv.put", [key, raw, durable, t.hint_for], opts.timeout, gather.track(t))
 
         def replace(t: Target) -> None:
             # Sloppy quorum: a target that failed or is slow is replaced by the next spare fallback,
@@ -300,8 +305,7 @@ class Coordinator:
         # not serve reads for the partition until its stream is done).
         for extra in self.view.extra_targets(ref.partition):
             if all(extra != t.node for t in targets):
-                self.view.call_future(extra, "kv.put", [key, raw, durable, None], opts.timeout).add_done_callback(
-                    _retrieve)
+                self.view.call_then(extra, "kv.put", [key, raw, durable, None], opts.timeout, _ignore)
         soft = loop.time() + min(self.view.replica_timeout, opts.timeout / 2)
         timed_out = await gather.wait(tally.done, deadline, soft, replace)
         out = tally.outcome(timed_out)
@@ -333,12 +337,12 @@ class Coordinator:
                     [ref.key, value, content_type, sorted(context.items()), wire_opts],
                     remaining + 0.05,
                 )
-            except RpcRemoteError as exc:
-                if exc.code in ("unavailable",):
-                    raise Unavailable(exc.message) from exc
-                if exc.code in ("bad_request", "conflict"):
-                    raise ForwardError(exc.code, exc.message) from exc
-                errors.append(f"{t.node}: {_reason(exc)}")
+            except RpcRemoteError as remote:
+                if remote.code in ("unavailable",):
+                    raise Unavailable(remote.message) from remote
+                if remote.code in ("bad_request", "conflict"):
+                    raise ForwardError(remote.code, remote.message) from remote
+                errors.append(f"{t.node}: {_reason(remote)}")
                 continue
             except RpcError as exc:
                 errors.append(f"{t.node}: {_reason(exc)}")
@@ -376,7 +380,7 @@ class Coordinator:
 
         def ask(t: Target) -> None:
             if t.node != me:
-                gather.add(self.view.call_future(t.node, "kv.get", [key, t.hint_for], opts.timeout), t)
+                self.view.call_then(t.node, "kv.get", [key, t.hint_for], opts.timeout, gather.track(t))
             elif self.replica.reads_on_loop:
                 try:
                     raw = self.replica.read_now(ref, t.hint_for)
@@ -385,7 +389,7 @@ class Coordinator:
                 else:
                     gather.answered(t, raw, None)
             else:
-                gather.add(asyncio.ensure_future(self.replica.read(ref, t.hint_for)), t)
+                then_from(asyncio.ensure_future(self.replica.read(ref, t.hint_for)), gather.track(t))
 
         def ask_another(_: Target) -> None:
             if reserve and not tally.satisfied():
@@ -436,8 +440,6 @@ class Coordinator:
                 log.debug("read repair of %r on %s failed: %s", ref.key, node, exc)
 
 
-def _retrieve(f: asyncio.Future[Any]) -> None:
-    """A write to a partition's next owner is not waited for: retrieve its outcome so an error is never
-    'never retrieved' (the node's call wrapper has already fed it to the failure detector and metrics)."""
-    if not f.cancelled():
-        f.exception()
+def _ignore(result: Any, exc: BaseException | None) -> None:
+    """A write to a partition's next owner is not waited for (the node's call wrapper has already fed its
+    outcome to the failure detector and metrics)."""

@@ -202,10 +202,10 @@ class Api:
     ) -> Response:
         try:
             res = await self.node.coordinator.put(key, value, ctype, ctx, opts)
-        except SiblingLimitError as exc:
-            return error(409, "too_many_siblings", str(exc))
-        except ForwardError as exc:
-            return error(409 if exc.code == "conflict" else 400, exc.code, str(exc))
+        except SiblingLimitError as too_many:
+            return error(409, "too_many_siblings", str(too_many))
+        except ForwardError as refused:
+            return error(409 if refused.code == "conflict" else 400, refused.code, str(refused))
         headers = {
             "X-Coordinator": res.coordinator,
             "X-Acks": str(res.acks),
@@ -323,14 +323,14 @@ def build_server(node: Node) -> HttpServer:
             else:
                 handler = _method_not_allowed
             resp = await handler(request)
-        except BadRequest as exc:
-            resp = error(400, "bad_request", str(exc))
-        except AdminError as exc:
-            resp = error(exc.status, "refused" if exc.status == 409 else "admin", str(exc))
-        except Unavailable as exc:
-            resp = error(503, "unavailable", str(exc))
-        except InvalidJSON as exc:
-            resp = error(400, "bad_request", str(exc))
+        except BadRequest as bad:
+            resp = error(400, "bad_request", str(bad))
+        except AdminError as refused:
+            resp = error(refused.status, "refused" if refused.status == 409 else "admin", str(refused))
+        except Unavailable as unavailable:
+            resp = error(503, "unavailable", str(unavailable))
+        except InvalidJSON as invalid:
+            resp = error(400, "bad_request", str(invalid))
         except Exception:  # noqa: BLE001 - a bug must answer 500 with JSON and keep the node serving
             log.exception("unhandled error for %s %s", request.method, request.path)
             resp = error(500, "internal", "internal error; see the node's log")

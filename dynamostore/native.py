@@ -24,15 +24,21 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-# The request path: HTTP front end and API, coordinator and tallies, versions and contexts, RPC, the replica
-# and storage. Everything else (Raft, anti-entropy, handoff, CLI) is not hot and stays interpreted.
+# The request path: HTTP front end and API, the node's call wrappers, coordinator and tallies, versions and
+# contexts, RPC, failure detector, metrics, the replica, storage and the Merkle bookkeeping of each write.
+# Everything else (Raft, anti-entropy exchanges, handoff, CLI) is not hot and stays interpreted.
 MODULES = (
+    "ae_trees",
     "context",
     "coordinator",
     "http_api",
     "http_server",
+    "liveness",
+    "metrics",
+    "node",
     "quorum",
     "replica",
+    "rpc",
     "rpc_client",
     "rpc_server",
     "rpc_wire",

@@ -1,6 +1,8 @@
 """RPC client: one persistent, authenticated, multiplexed connection per peer address.
 
-A call costs one future, one timer handle and one packed frame; no task is spawned. Frames written
+A call costs one future (or, with `call_then`, a plain callback slot: the answer is handed over
+synchronously as its frame is decoded, without a loop hop), a share of a timer and one packed frame; no
+task is spawned. Frames written
 by many callers in the same loop iteration are corked into one `transport.write`. Connections open
 lazily; callers arriving while a connect is in progress share it; a failed connect makes the
 address fail fast (RpcUnavailable) for `reconnect_backoff` seconds, then the next call retries.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import Any, cast
 
 from dynamostore import rpc_wire as w
@@ -21,6 +24,47 @@ log = logging.getLogger("dynamostore.rpc")
 Addr = tuple[str, int]
 
 _TICKS_PER_S = 100  # timeout granularity: 10 ms
+
+Then = Callable[[Any, "BaseException | None"], None]  # then(result, None) or then(None, exception)
+
+
+class _Then:
+    """A pending call answered by calling a function, in the shape of the futures it sits beside."""
+
+    __slots__ = ("fn", "finished")
+
+    def __init__(self, fn: Then) -> None:
+        self.fn = fn
+        self.finished = False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, result: Any) -> None:
+        self._deliver(result, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._deliver(None, exc)
+
+    def _deliver(self, result: Any, exc: BaseException | None) -> None:
+        self.finished = True
+        try:
+            self.fn(result, exc)
+        except Exception:  # noqa: BLE001 - runs inside the connection's read loop: never break it
+            log.exception("rpc: answer callback failed")
+
+
+def then_from(fut: asyncio.Future[Any], then: Then) -> None:
+    """Hand a future's outcome to `then` when it is done (the slow path of callers of `call_then`)."""
+
+    def done(f: asyncio.Future[Any]) -> None:
+        if f.cancelled():
+            then(None, asyncio.CancelledError())
+            return
+        exc = f.exception()
+        then(None if exc is not None else f.result(), exc)
+
+    fut.add_done_callback(done)
 
 
 class RpcClient:
@@ -75,7 +119,8 @@ class RpcClient:
         data = w.encode(conn.packer, [w.REQ, rid, method, payload])
         if len(data) - 4 > self.max_frame:
             raise RpcError(f"{method} request of {len(data) - 4} bytes exceeds max_frame {self.max_frame}")
-        fut = self._pend(conn, rid, timeout)
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pend(conn, rid, timeout, fut)
         pending = conn.pending
         # Fault injection (benchmarks): a plain dict check costs nothing when unused.
         delay = self._delays.get(addr) if self._delays else None
@@ -91,36 +136,36 @@ class RpcClient:
             pending.pop(rid, None)  # the caller was cancelled: forget the call
             raise
 
-    def call_nowait(self, addr: Addr, method: str, payload: Any, *, timeout: float) -> asyncio.Future[Any] | None:
-        """The hot path of `call` without a coroutine: when a connection to `addr` is open, send now and
-        return the future of the answer (same errors as `call`); None when a connect is needed first."""
+    def call_then(self, addr: Addr, method: str, payload: Any, *, timeout: float, then: Then) -> bool:
+        """The hot path of `call`: when a connection to `addr` is open, send now and return True; the
+        outcome goes to `then(result, exc)` (same errors as `call`), called synchronously as the answer is
+        read or the call times out or the connection is lost. False, having done nothing, when a connect is
+        needed first (use `call`)."""
         conn = self._conns.get(addr)
         if conn is None or conn.closed or self._delays:
-            return None
+            return False
         rid = conn.next_rid
         conn.next_rid = rid + 1
         data = w.encode(conn.packer, [w.REQ, rid, method, payload])
         if len(data) - 4 > self.max_frame:
-            return None  # let call() raise the clear error
-        fut = self._pend(conn, rid, timeout)
+            return False  # let call() raise the clear error
+        self._pend(conn, rid, timeout, _Then(then))
         conn.write(data)
-        return fut
+        return True
 
     @staticmethod
-    def _pend(conn: _ClientConn, rid: int, timeout: float) -> asyncio.Future[Any]:
-        """Register the future of request `rid`. Timeouts are bucketed per 10 ms tick: one timer per
-        bucket instead of a timer handle created and cancelled per call; a call times out at most one
-        tick late, never early."""
+    def _pend(conn: _ClientConn, rid: int, timeout: float, slot: _Slot) -> None:
+        """Register the future (or callback) of request `rid`. Timeouts are bucketed per 10 ms tick: one
+        timer per bucket instead of a timer handle created and cancelled per call; a call times out at most
+        one tick late, never early."""
         loop = conn.loop
-        fut: asyncio.Future[Any] = loop.create_future()
-        conn.pending[rid] = fut
+        conn.pending[rid] = slot
         tick = int((loop.time() + timeout) * _TICKS_PER_S) + 1
         bucket = conn.buckets.get(tick)
         if bucket is None:
             bucket = conn.buckets[tick] = []
             loop.call_at(tick / _TICKS_PER_S, conn.expire, tick)
         bucket.append(rid)
-        return fut
 
     def set_delay(self, addr: Addr, seconds: float) -> None:
         """Delay every request sent to `addr` by `seconds` (0 removes the delay)."""
@@ -230,6 +275,9 @@ class RpcClient:
             del self._conns[conn.addr]
 
 
+_Slot = asyncio.Future[Any] | _Then  # how a pending call is answered
+
+
 class _ClientConn(asyncio.Protocol):
     """One connection: handshake, pending calls by request id, corked writes."""
 
@@ -241,7 +289,7 @@ class _ClientConn(asyncio.Protocol):
         self.decoder = w.FrameDecoder(client.max_frame)
         self.packer = w.new_packer()
         self.transport: asyncio.Transport | None = None
-        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.pending: dict[int, _Slot] = {}
         self.buckets: dict[int, list[int]] = {}  # timeout tick -> request ids
         self.next_rid = 1
         self.cork = w.Cork(self.loop)

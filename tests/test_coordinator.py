@@ -15,6 +15,7 @@ from dynamostore import versioning as v
 from dynamostore.coordinator import Coordinator, ReadOptions, Unavailable, WriteOptions
 from dynamostore.replica import LocalReplica
 from dynamostore.rpc import RpcUnavailable
+from dynamostore.rpc_client import Then, then_from
 from dynamostore.storage import Storage
 from ring.placement import Ring, initial_ring
 
@@ -67,10 +68,10 @@ class Peers:
         fut.set_result(True)
         return await fut
 
-    def call_future(self, node: str, method: str, payload: Any, timeout: float) -> asyncio.Future[Any]:
+    def call_then(self, node: str, method: str, payload: Any, timeout: float, then: Then) -> None:
         fut = asyncio.get_running_loop().create_future()
         self.calls.append(Call(node, method, payload, fut))
-        return fut
+        then_from(fut, then)
 
     def spawn(self, coro: Awaitable[None], name: str) -> None:
         self.tasks.append(asyncio.ensure_future(coro))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -73,3 +74,20 @@ def test_a_corrupt_manifest_is_reported(root: Path) -> None:
     (root / "manifest.json").write_text("{not json")
     why = native.check()
     assert why is not None and why.startswith("unreadable manifest")
+
+
+def test_compiled_modules_never_reuse_an_except_name_for_another_type() -> None:
+    """mypyc gives a name one type per function: `except A as exc` then `except B as exc` makes the second
+    handler fail with a TypeError when compiled. The compiled modules use one name per exception type."""
+    reused = []
+    for name in native.MODULES:
+        tree = ast.parse((native.PACKAGE_DIR / f"{name}.py").read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            types: dict[str, set[str]] = {}
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ExceptHandler) and node.name and node.type is not None:
+                    types.setdefault(node.name, set()).add(ast.unparse(node.type))
+            reused += [f"{name}.{fn.name}: {n} {sorted(t)}" for n, t in types.items() if len(t) > 1]
+    assert reused == []
