@@ -15,7 +15,7 @@ import hmac
 
 import msgpack
 
-from dynamostore.versioning import Clock
+from dynamostore.versioning import Clock, packb
 
 MAX_TOKEN_CHARS = 16 * 1024
 
@@ -49,7 +49,7 @@ class ContextCodec:
         return h.digest()
 
     def encode(self, key: bytes, clock: Clock) -> str:
-        body = msgpack.packb(sorted(clock.items()))
+        body = packb(sorted(clock.items()))
         return f"{_b64(body)}.{_b64(self._mac(key, body))}"
 
     def decode(self, key: bytes, token: str) -> dict[str, int]:

@@ -274,12 +274,10 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def build_server(node: Node) -> HttpServer:
     """Our own dispatch on dynamostore.http_server: exact-path routes, the key routes by prefix, the
-    error mapping below, and the request counters/latencies with their label children cached."""
+    error mapping below, and the request counters and latencies (metrics.RequestStats)."""
     api = Api(node)
     metrics = node.metrics
     limit = node.config.file.limits.max_value_bytes
-    counters: dict[tuple[str, int], Any] = {}
-    latencies: dict[str, Any] = {}
     kv: dict[str, Handler] = {"GET": api.get, "HEAD": api.get, "PUT": api.put, "POST": api.put,
                               "DELETE": api.delete}
     routes: dict[str, dict[str, Handler]] = {
@@ -297,19 +295,14 @@ def build_server(node: Node) -> HttpServer:
     async def not_found(request: Request) -> Response:
         return error(404, "not_found", f"no such endpoint: {request.path}")
 
+    stats = metrics.requests
+
     def record(request: Request, status: int, start: float) -> None:
         path = request.path
-        is_kv = path.startswith("/kv/") and len(path) > 4
-        op = request.method if is_kv else path.split("/", 2)[1] if path[:1] == "/" else path
-        counter = counters.get((op, status))
-        if counter is None:  # labels() costs a lock and a tuple hash per call: keep the children
-            counter = counters[(op, status)] = metrics.requests.labels(op, str(status))
-        counter.inc()
-        if is_kv:
-            hist = latencies.get(op)
-            if hist is None:
-                hist = latencies[op] = metrics.latency.labels(op)
-            hist.observe(time.perf_counter() - start)
+        if path.startswith("/kv/") and len(path) > 4:
+            stats.observe(request.method, status, time.perf_counter() - start)
+        else:
+            stats.observe(path.split("/", 2)[1] if path[:1] == "/" else path, status, None)
 
     async def dispatch(request: Request) -> Response:
         path = request.path

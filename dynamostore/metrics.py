@@ -1,12 +1,20 @@
-"""Prometheus metrics of one node, in a registry of its own (no process-global state)."""
+"""Prometheus metrics of one node, in a registry of its own (no process-global state).
+
+The per-request series (requests, their latency, replica calls) are plain ints and floats updated on the event
+loop and handed to prometheus_client at scrape time: a prometheus_client child costs a lock and, for a
+histogram, a bucket search in interpreted code on every request. Everything else uses its metric types.
+"""
 
 from __future__ import annotations
 
+import itertools
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 disable_created_metrics()  # the *_created series only add noise to every scrape
 
@@ -23,21 +31,66 @@ class _Callback(Collector):
         return self.read()
 
 
+class RequestStats(Collector):
+    """Client requests by (op, status) and their latency by op; `observe` is called on the event loop only."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, int], int] = {}
+        self.buckets: dict[str, list[int]] = {}  # op -> count per bucket (not cumulative), the last one +Inf
+        self.sums: dict[str, float] = {}
+
+    def observe(self, op: str, status: int, seconds: float | None) -> None:
+        """One request answered; `seconds` None: not a latency worth a histogram (not a key operation)."""
+        key = (op, status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if seconds is None:
+            return
+        counts = self.buckets.get(op)
+        if counts is None:
+            counts = self.buckets[op] = [0] * (len(LATENCY_BUCKETS) + 1)
+            self.sums[op] = 0.0
+        counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # the first bound >= seconds: `le` semantics
+        self.sums[op] += seconds
+
+    def collect(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily("dynamostore_requests", "Client requests by operation and HTTP status",
+                                       labels=["op", "status"])
+        for (op, status), n in sorted(self.counts.items()):
+            requests.add_metric([op, str(status)], n)
+        latency = HistogramMetricFamily("dynamostore_request_seconds", "Client request latency by operation",
+                                        labels=["op"])
+        for op, counts in sorted(self.buckets.items()):
+            cumulative = list(itertools.accumulate(counts))
+            bounds = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+            latency.add_metric([op], list(zip(bounds, cumulative)), sum_value=self.sums[op])
+        return [requests, latency]
+
+
+class CallStats(Collector):
+    """Internal RPC calls by (method, outcome); `count` is called on the event loop only."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def count(self, method: str, outcome: str) -> None:
+        key = (method, outcome)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def collect(self) -> Iterable[Metric]:
+        calls = CounterMetricFamily("dynamostore_replica_calls", "Internal RPC calls by method and outcome",
+                                    labels=["method", "outcome"])
+        for (method, outcome), n in sorted(self.counts.items()):
+            calls.add_metric([method, outcome], n)
+        return [calls]
+
+
 class NodeMetrics:
     def __init__(self, node_id: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "dynamostore_requests_total", "Client requests by operation and HTTP status",
-            ["op", "status"], registry=self.registry,
-        )
-        self.latency = Histogram(
-            "dynamostore_request_seconds", "Client request latency by operation",
-            ["op"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )
-        self.replica_calls = Counter(
-            "dynamostore_replica_calls_total", "Internal RPC calls by method and outcome",
-            ["method", "outcome"], registry=self.registry,
-        )
+        self.requests = RequestStats()
+        self.calls = CallStats()
+        self.registry.register(self.requests)
+        self.registry.register(self.calls)
         self.read_repairs = Counter(
             "dynamostore_read_repairs_total", "Replicas repaired after a read", registry=self.registry
         )

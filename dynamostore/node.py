@@ -58,7 +58,6 @@ class Node:
         self.metrics = NodeMetrics(self.node_id)
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._call_counters: dict[tuple[str, str], Any] = {}
         self._catching_up = False
         self.stop_step = ""
         self.storage: Storage
@@ -154,10 +153,7 @@ class Node:
             then_from(asyncio.ensure_future(self.call(node, method, payload, timeout)), then)  # call() observes
 
     def _count(self, method: str, outcome: str) -> None:
-        child = self._call_counters.get((method, outcome))
-        if child is None:
-            child = self._call_counters[(method, outcome)] = self.metrics.replica_calls.labels(method, outcome)
-        child.inc()
+        self.metrics.calls.count(method, outcome)
 
     def _observe(self, node: str, method: str, exc: BaseException | None) -> None:
         """Feed the outcome of a call made with call_then to the detector and the metrics."""
