@@ -106,6 +106,7 @@ class TombstoneReaper:
         for j, key in enumerate(keys):
             ok = not mine[j][1]
             for m, rep in zip(others, replies):
+                assert not isinstance(rep, BaseException)  # checked above; says so to mypy
                 digest, hinted = rep[j]
                 if hinted or (m in primaries and digest != candidates[key]):
                     ok = False

@@ -300,7 +300,7 @@ class AntiEntropyWorker:
         tree = self.trees.trees[partition]
         scanned: dict[int, dict[bytes, bytes]] = {}
         initiator = ExchangeInitiator(tree, lambda seg: scanned[seg], partition)
-        request = initiator.start()
+        request: RootRequest | ChildrenRequest | BucketsRequest | None = initiator.start()
         while request is not None:
             if isinstance(request, BucketsRequest):  # the initiator reads these segments on the answer
                 wanted = {b.segment for b in request.buckets if b.segment not in scanned}

@@ -181,37 +181,39 @@ def decode_message(data: bytes) -> Message:
         raise WireError(f"Raft wire version {v[0]!r} is not {WIRE_VERSION}")
     try:
         kind, frm, to, term, body = v[1], _s(v[2]), _s(v[3]), _i(v[4]), v[5:]
-        h = {"frm": frm, "to": to, "term": term}
         if kind == 1:
             li, lt, pre, tr = body
-            return VoteRequest(**h, last_index=_i(li), last_term=_i(lt), pre_vote=_b(pre), transfer=_b(tr))
+            return VoteRequest(frm=frm, to=to, term=term, last_index=_i(li), last_term=_i(lt), pre_vote=_b(pre),
+                               transfer=_b(tr))
         if kind == 2:
             granted, pre = body
-            return VoteResponse(**h, granted=_b(granted), pre_vote=_b(pre))
+            return VoteResponse(frm=frm, to=to, term=term, granted=_b(granted), pre_vote=_b(pre))
         if kind == 3:
             pi, pt, ents, commit = body
             if not isinstance(ents, list):
                 raise WireError("entries must be a list")
             entries = tuple(_entry_in(e) for e in ents)
-            return AppendEntries(**h, prev_index=_i(pi), prev_term=_i(pt), entries=entries, commit=_i(commit))
+            return AppendEntries(frm=frm, to=to, term=term, prev_index=_i(pi), prev_term=_i(pt), entries=entries,
+                                 commit=_i(commit))
         if kind == 4:
             ok, index, ci, ct = body
             return AppendResponse(
-                **h, success=_b(ok), index=_i(index), conflict_index=_i(ci), conflict_term=None if ct is None else _i(ct)
+                frm=frm, to=to, term=term, success=_b(ok), index=_i(index), conflict_index=_i(ci),
+                conflict_term=None if ct is None else _i(ct),
             )
         if kind == 5:
             commit, ctx = body
-            return Heartbeat(**h, commit=_i(commit), ctx=_by(ctx))
+            return Heartbeat(frm=frm, to=to, term=term, commit=_i(commit), ctx=_by(ctx))
         if kind == 6:
             (ctx,) = body
-            return HeartbeatResponse(**h, ctx=_by(ctx))
+            return HeartbeatResponse(frm=frm, to=to, term=term, ctx=_by(ctx))
         if kind == 7:
             (snap,) = body
-            return InstallSnapshot(**h, snapshot=_snap_in(snap))
+            return InstallSnapshot(frm=frm, to=to, term=term, snapshot=_snap_in(snap))
         if kind == 8:
             if body:
                 raise WireError("TimeoutNow has no body")
-            return TimeoutNow(**h)
+            return TimeoutNow(frm=frm, to=to, term=term)
     except WireError:
         raise
     except (TypeError, ValueError) as e:  # wrong arity or an unknown enum value
@@ -352,6 +354,7 @@ class RaftService:
                 return await fut
             finally:
                 self._read_waiters.pop(ctx, None)
+        raise AssertionError("unreachable: the deadline context either returns or raises")  # for mypy
 
     async def read_barrier(self, *, timeout: float) -> None:
         """Return once the local state machine is at least as new as the leader's commit at call time."""

@@ -12,6 +12,7 @@ is missed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -86,7 +87,7 @@ class TransferWorker:
                 if tp.transfer not in self.active and (tp.plan_epoch, tp.transfer) not in self._proposed:
                     task = asyncio.create_task(self._receive(tp), name=f"transfer-{tp.transfer.partition}")
                     self.active[tp.transfer] = task
-                    task.add_done_callback(lambda t, key=tp.transfer: self._finished(key, t))
+                    task.add_done_callback(functools.partial(self._finished, tp.transfer))
 
     def _finished(self, key: Transfer, task: asyncio.Task[None]) -> None:
         self.active.pop(key, None)

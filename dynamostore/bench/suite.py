@@ -97,11 +97,14 @@ async def _visibility(client: Client, target: Target, cfg: BenchConfig, progress
     plan = visibility.VisibilityPlan(cfg.vis_offsets_ms, cfg.vis_samples, writers, readers,
                                      concurrency=cfg.concurrency, tag=f"{cfg.seed}-{time.time_ns()}",
                                      names=tuple(target.ids))
+
+    def done(q: Quorum) -> None:
+        progress.advance(task, 1)
+        progress.update(task, description=f"t-visibility {q.label}")
+
     try:
-        rows = await visibility.measure_all(
-            client, [Quorum(r, w) for r, w in cfg.rw], plan, target.n_val,
-            on_done=lambda q: (progress.advance(task, 1), progress.update(task, description=f"t-visibility {q.label}")),
-        )
+        rows = await visibility.measure_all(client, [Quorum(r, w) for r, w in cfg.rw], plan, target.n_val,
+                                            on_done=done)
     finally:
         if delayed:
             await target.set_delay(slow, 0)
