@@ -6,7 +6,8 @@ them unchanged where nothing was compiled. `dynamostore native build` compiles t
 every source it compiled. At import, `activate()` (called by `dynamostore/__init__.py`) puts that directory
 ahead of the package's own on `dynamostore.__path__` only when every recorded hash still matches the source
 on disk, so an edited module never runs as a stale compiled copy: it falls back to Python, all of it, until
-the next build. `DYNAMOSTORE_PURE=1` turns compiled modules off.
+the next build. `DYNAMOSTORE_PURE=1` turns compiled modules off; `DYNAMOSTORE_NATIVE_DIR` puts them
+somewhere else (an interpreter whose prefix is not writable).
 
 On the throughput bench this cuts the coordinator's CPU per get by about a quarter (docs/performance.md).
 """
