@@ -2,10 +2,10 @@
 
 A call costs one future (or, with `call_then`, a plain callback slot: the answer is handed over
 synchronously as its frame is decoded, without a loop hop), a share of a timer and one packed frame; no
-task is spawned. Frames written
-by many callers in the same loop iteration are corked into one `transport.write`. Connections open
-lazily; callers arriving while a connect is in progress share it; a failed connect makes the
-address fail fast (RpcUnavailable) for `reconnect_backoff` seconds, then the next call retries.
+task is spawned. Frames written by many callers in the same loop iteration are corked into one
+`transport.write`. Connections open lazily; callers arriving while a connect is in progress share it; a
+failed connect makes the address fail fast (RpcUnavailable) for `reconnect_backoff` seconds, then the next
+call retries.
 """
 
 from __future__ import annotations

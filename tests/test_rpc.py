@@ -246,6 +246,72 @@ async def test_cancelled_caller_is_forgotten(make_server: Any, make_client: Any)
     assert await client.call(addr_of(srv), "echo", 3, timeout=2) == 3
 
 
+class Outcomes:
+    """Collects what call_then hands its callback, synchronously, as (result, exception) pairs."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[Any, BaseException | None]] = []
+
+    def __call__(self, result: Any, exc: BaseException | None) -> None:
+        self.got.append((result, exc))
+
+
+async def test_call_then_needs_an_open_connection_and_does_nothing_without_one(
+        make_server: Any, make_client: Any) -> None:
+    srv = await make_server()
+    client = make_client()
+    seen = Outcomes()
+    assert client.call_then(addr_of(srv), "echo", 1, timeout=2, then=seen) is False
+    assert seen.got == [] and client.in_flight(addr_of(srv)) == 0
+    await client.call(addr_of(srv), "echo", 0, timeout=2)  # connects
+    assert client.call_then(addr_of(srv), "echo", [1, b"x"], timeout=2, then=seen) is True
+    await wait_until(lambda: len(seen.got) == 1)
+    assert seen.got == [([1, b"x"], None)]
+
+
+async def test_call_then_hands_over_remote_errors_timeouts_and_lost_connections(
+        make_server: Any, make_client: Any) -> None:
+    handler = Slow()
+    srv = await make_server(handler)
+    client = make_client()
+    addr = addr_of(srv)
+    await client.call(addr, "echo", 0, timeout=2)
+    refused, late, lost = Outcomes(), Outcomes(), Outcomes()
+    assert client.call_then(addr, "bad_request", 1, timeout=2, then=refused)
+    assert client.call_then(addr, "slow", None, timeout=0.1, then=late)
+    await wait_until(lambda: len(refused.got) == 1 and len(late.got) == 1)
+    (res, exc), = refused.got
+    assert res is None and isinstance(exc, RpcRemoteError) and exc.code == "bad_request"
+    (res, exc), = late.got
+    assert res is None and isinstance(exc, RpcTimeout)
+    assert client.call_then(addr, "slow", None, timeout=5, then=lost)
+    await wait_until(lambda: handler.entered == 2)
+    await srv.stop()
+    await wait_until(lambda: len(lost.got) == 1)
+    assert isinstance(lost.got[0][1], RpcUnavailable)
+    handler.release.set()
+    assert len(late.got) == 1  # each outcome is handed over once
+
+
+async def test_a_failing_callback_does_not_break_the_connection(make_server: Any, make_client: Any,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    srv = await make_server()
+    client = make_client()
+    addr = addr_of(srv)
+    await client.call(addr, "echo", 0, timeout=2)
+
+    def broken(result: Any, exc: BaseException | None) -> None:
+        raise RuntimeError("bug in a callback")
+
+    seen = Outcomes()
+    assert client.call_then(addr, "echo", 1, timeout=2, then=broken)
+    assert client.call_then(addr, "echo", 2, timeout=2, then=seen)
+    await wait_until(lambda: len(seen.got) == 1)
+    assert seen.got == [(2, None)]
+    assert "answer callback failed" in caplog.text
+    assert await client.call(addr, "echo", 3, timeout=2) == 3
+
+
 async def test_set_delay_delays_requests(make_server: Any, make_client: Any) -> None:
     srv = await make_server()
     client = make_client()
