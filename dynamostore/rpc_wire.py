@@ -214,22 +214,36 @@ def proof_ok(expected: bytes, got: object) -> bool:
     return isinstance(got, bytes) and hmac.compare_digest(expected, got)
 
 
+CORK_FRAMES = 8
+
+
 class Cork:
-    """Outgoing frames of one connection: everything written during one loop iteration leaves in a single
-    transport.write (one syscall), measured faster than writing each frame at once. Both ends use it."""
+    """Outgoing frames of one connection: frames written during one loop iteration leave together in one
+    transport.write (one syscall), measured faster than writing each frame at once. Both ends use it.
 
-    __slots__ = ("loop", "transport", "out")
+    At most `limit` frames wait, though: a coordinator that takes 32 requests in one iteration would
+    otherwise send them all at its end, the replicas would answer all at its end, and the three processes
+    would take turns on the cores (a convoy: on 2 cores the coordinator sat idle 30% of the time under a
+    put load it could not keep up with). Sending every 8 frames lets the peer start while this side keeps
+    working: puts/s +12-15% on bench/throughput.py, with no measurable CPU per request added; 2 or 4 frames
+    cost more CPU than the overlap gains."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = ("loop", "transport", "out", "limit")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = CORK_FRAMES) -> None:
         self.loop = loop
+        self.limit = limit
         self.transport: asyncio.Transport | None = None
         self.out: list[bytes] = []
 
     def write(self, data: bytes) -> None:
         out = self.out
         out.append(data)
-        if len(out) == 1:
+        n = len(out)
+        if n == 1:
             self.loop.call_soon(self.flush)
+        elif n >= self.limit:
+            self.flush()
 
     def flush(self) -> None:
         out, self.out = self.out, []

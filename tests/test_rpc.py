@@ -594,6 +594,34 @@ def test_decoder_reassembles_frames_split_anywhere(msgs: list[Any], data: st.Dat
     assert decoder.buffered == 0
 
 
+class _RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_cork_sends_full_batches_at_once_and_the_rest_at_the_end_of_the_iteration() -> None:
+    cork = w.Cork(asyncio.get_running_loop(), limit=3)
+    t = _RecordingTransport()
+    cork.transport = t
+    for i in range(4):
+        cork.write(bytes([i]))
+    assert t.writes == [b"\x00\x01\x02"]  # the peer can start on a full batch while this side works on
+    await asyncio.sleep(0)  # the loop runs the callbacks queued before this task's next step
+    assert t.writes == [b"\x00\x01\x02", b"\x03"]
+    cork.write(b"x")
+    assert len(t.writes) == 2
+    await asyncio.sleep(0)
+    assert t.writes[-1] == b"x"
+    assert w.Cork(asyncio.get_running_loop()).limit == w.CORK_FRAMES
+
+
 def test_decoder_returns_good_frames_before_the_error() -> None:
     packer = w.new_packer()
     decoder = w.FrameDecoder(max_frame=100)
