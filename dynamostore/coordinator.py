@@ -111,21 +111,59 @@ class ClusterView(Protocol):
 Answer = Callable[[Target, Any, "BaseException | None"], None]
 
 
+_TICKS_PER_S = 100  # deadline granularity: 10 ms
+
+
+class _Alarms:
+    """Request deadlines of one event loop, bucketed per 10 ms tick: one loop timer per tick that has
+    deadlines, instead of a TimerHandle created and cancelled per request (4 us of CPU a request, measured,
+    against well under 1 us here). A deadline passes at most one tick late, never early."""
+
+    __slots__ = ("loop", "buckets")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.buckets: dict[int, set[_Gather]] = {}
+
+    def add(self, when: float, gather: _Gather) -> int:
+        """Call `gather.alarm()` once `when` has passed; returns the tick to `discard` it with."""
+        tick = int(when * _TICKS_PER_S) + 1
+        bucket = self.buckets.get(tick)
+        if bucket is None:
+            bucket = self.buckets[tick] = set()
+            self.loop.call_at(tick / _TICKS_PER_S, self._ring, tick)
+        bucket.add(gather)
+        return tick
+
+    def discard(self, tick: int, gather: _Gather) -> None:
+        bucket = self.buckets.get(tick)
+        if bucket is not None:
+            bucket.discard(gather)
+
+    def _ring(self, tick: int) -> None:
+        for gather in self.buckets.pop(tick, ()):
+            gather.alarm()
+
+
 class _Gather:
     """The replica calls of one request: answers go to `on_answer` as they arrive (they keep arriving after
     the client was answered: read repair listens to them), and `wait` wakes the coordinator once, when its
     condition holds, every call has answered, or a deadline passes."""
 
-    __slots__ = ("loop", "on_answer", "waiting", "_seq", "_waiter", "_until", "_timer")
+    __slots__ = ("alarms", "loop", "on_answer", "waiting", "_seq", "_waiter", "_until", "_tick", "_deadline",
+                 "_on_slow")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_answer: Answer) -> None:
-        self.loop = loop
+    def __init__(self, alarms: _Alarms, on_answer: Answer) -> None:
+        self.alarms = alarms
+        self.loop = alarms.loop
         self.on_answer = on_answer
         self.waiting: dict[int, Target] = {}  # calls not answered yet
         self._seq = 0
         self._waiter: asyncio.Future[bool] | None = None
         self._until: Callable[[], bool] = bool
-        self._timer: asyncio.TimerHandle | None = None
+        self._tick = 0
+        self._deadline = 0.0
+        self._on_slow: Callable[[Target], None] | None = None
 
     def track(self, target: Target) -> Then:
         """A call to `target` is made: the callback its answer (or failure) is to be given to, once."""
@@ -169,32 +207,34 @@ class _Gather:
             return True
         w = self._waiter = self.loop.create_future()
         self._until = until
-        # One timer at a time: the soft deadline's, which arms the hard one when it fires (most requests are
-        # answered before either, and creating and cancelling a second timer each time is measurable).
+        self._deadline = deadline
+        # One alarm at a time: the soft deadline's, which sets the hard one when it rings.
         if soft_deadline is not None and on_slow is not None and soft_deadline < deadline:
-            self._timer = self.loop.call_at(soft_deadline, self._slow, on_slow, deadline)
+            self._on_slow = on_slow
+            self._tick = self.alarms.add(soft_deadline, self)
         else:
-            self._timer = self.loop.call_at(deadline, _expire, w)
+            self._on_slow = None
+            self._tick = self.alarms.add(deadline, self)
         try:
             return await w
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
+            self.alarms.discard(self._tick, self)
             self._waiter = None
 
-    def _slow(self, on_slow: Callable[[Target], None], deadline: float) -> None:
+    def alarm(self) -> None:
+        """The soft deadline passed (tell `on_slow`, then wait for the hard one) or the hard one did."""
         w = self._waiter
         if w is None or w.done():
             return
-        self._timer = self.loop.call_at(deadline, _expire, w)
+        on_slow = self._on_slow
+        if on_slow is None:
+            w.set_result(True)
+            return
+        self._on_slow = None
+        self._tick = self.alarms.add(self._deadline, self)
         for t in list(self.waiting.values()):
             on_slow(t)
         self._check()
-
-
-def _expire(w: asyncio.Future[bool]) -> None:
-    if not w.done():
-        w.set_result(True)
 
 
 def _unreachable(name: str, n: int, pn: int, targets: list[Target], spares: list[str]) -> str:
@@ -228,6 +268,13 @@ class Coordinator:
         # are cached (a fallback's eligibility also depends on the hint caps of the handoff worker).
         self._plan_for: tuple[Ring | None, int, int] = (None, 0, -1)
         self._plans: dict[tuple[int, bool], _Plan] = {}
+        self._alarms: _Alarms | None = None
+
+    def _gather(self, loop: asyncio.AbstractEventLoop, on_answer: Answer) -> _Gather:
+        alarms = self._alarms
+        if alarms is None or alarms.loop is not loop:
+            alarms = self._alarms = _Alarms(loop)
+        return _Gather(alarms, on_answer)
 
     def plan(self, ref: KeyRef, sloppy: bool) -> _Plan:
         """The active preference list of a key, the spare fallbacks left over to replace a failing target,
@@ -297,7 +344,7 @@ class Coordinator:
                 tally.add_error(t.node, _reason(exc))
                 replace(t)
 
-        gather = _Gather(loop, answer)
+        gather = self._gather(loop, answer)
         for t in targets:
             if t is not me:
                 send(t)
@@ -406,7 +453,7 @@ class Coordinator:
                 tally.add_error(t.node, f"answered {type(res).__name__}, not a version")
                 ask_another(t)
 
-        gather = _Gather(loop, answer)
+        gather = self._gather(loop, answer)
         # Remote replicas first, so they work while this node reads its own copy.
         for t in order[1:first]:
             ask(t)

@@ -196,3 +196,18 @@ async def test_a_get_that_cannot_reach_r_replicas_fails_at_once(setup: Any) -> N
     with pytest.raises(Unavailable, match="required r=3"):
         await coord.get(key, ReadOptions(r=3, pr=0, sloppy=False, timeout=5.0))
     assert peers.calls == []
+
+
+async def test_a_silent_replica_is_replaced_at_the_soft_deadline_and_not_before(setup: Any) -> None:
+    coord, peers, key = setup
+    peers.replica_timeout = 0.05
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    get = asyncio.ensure_future(coord.get(key, R2))
+    await until(lambda: len(peers.calls) == 1)
+    await until(lambda: len(peers.calls) == 2)  # the first peer never answers
+    assert loop.time() - started >= 0.05
+    assert peers.calls[1].node not in (peers.calls[0].node, "n1")
+    peers.calls[1].future.set_result(None)
+    res = await asyncio.wait_for(get, 5)
+    assert res.replies == 2 and res.state is None
