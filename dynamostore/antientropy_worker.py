@@ -112,6 +112,7 @@ class AntiEntropyWorker:
         self.snapshot_loaded = 0
         self.built_in_s: float | None = None
         self._offered: dict[int, tuple[str, ...]] = {}
+        self._offer_key: tuple[int, int, object] = (-1, -1, None)
         self._kick = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -235,6 +236,11 @@ class AntiEntropyWorker:
         rather than failed (failures back a peer off for minutes); when it is back, its pairs are
         rescheduled within one interval."""
         det = self.node.detector
+        # The loop comes here every time an exchange ends: recompute only when something it reads changed.
+        key = (len(self.trees.built), det.version, self.peers_of)
+        if key[0] == self._offer_key[0] and key[1] == self._offer_key[1] and key[2] is self._offer_key[2]:
+            return
+        self._offer_key = key
         wanted = {}
         for p in sorted(self.trees.built):
             peers = tuple(m for m in self.peers_of.get(p, ()) if det.is_up(m))
