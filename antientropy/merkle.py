@@ -37,7 +37,7 @@ _MASK = (1 << (8 * HASH_BYTES)) - 1
 _ITEM_PERSON = b"dsmt-item"
 _INNER_PERSON = b"dsmt-inner"
 _FILE_MAGIC = b"DSMT"
-_FILE_VERSION = 1
+_FILE_VERSION = 2  # 2: version digests hash the causal encoding (leaves saved by 1 are rebuilt)
 _HEADER = struct.Struct(">4sBIH")  # magic, version, num_segments, fanout
 
 DEFAULT_SEGMENTS = 1024

@@ -188,7 +188,7 @@ class PartitionTrees:
         except v.VersionError:
             log.error("partition %d: undecodable record for key %r skipped by anti-entropy", partition, key)
             return None
-        digest = v.digest(state)
+        digest = v.digest_raw(raw)  # the stored bytes: no second encoding
         assert digest is not None
         if visit is not None:
             visit(partition, key, state, digest)

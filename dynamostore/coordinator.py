@@ -321,11 +321,10 @@ class Coordinator:
         tally.targets = len(targets)
         spares = list(spare_nodes)
         durable = opts.dw > 0
-        state = await self.replica.coordinate(
+        state, raw = await self.replica.coordinate_wire(
             ref, context, value, content_type, durable=durable, hint_for=me.hint_for
         )
         tally.add_ack(self.view.node_id, primary=me.is_primary, durable=durable)
-        raw = v.encode(state, local=False)
 
         def send(t: Target) -> None:
             self.view.call_then(t.node, "kv.put", [key, raw, durable, t.hint_for], opts.timeout, gather.track(t))

@@ -168,11 +168,25 @@ class LocalReplica:
         hint_for: str | None = None,
     ) -> v.VersionSet:
         """Apply a client write here as its coordinator; returns the new state to replicate."""
+        state, _ = await self.coordinate_wire(ref, context, value, content_type, durable=durable, hint_for=hint_for)
+        return state
+
+    async def coordinate_wire(
+        self,
+        ref: KeyRef,
+        context: v.Clock,
+        value: bytes | None,
+        content_type: str,
+        *,
+        durable: bool,
+        hint_for: str | None = None,
+    ) -> tuple[v.VersionSet, bytes]:
+        """`coordinate`, with the new state's causal encoding too (what the replicas are sent)."""
         now_ms = int(time.time() * 1000)
 
         digests: list[bytes | None] = [None, None]  # (old, new), for the Merkle hook
 
-        def apply(raw: bytes | None) -> tuple[bytes | None, v.VersionSet]:
+        def apply(raw: bytes | None) -> tuple[bytes | None, tuple[v.VersionSet, bytes]]:
             cur = v.decode(raw) if raw is not None else None
             actor = self._actor_for(cur, context)
             new = v.update(cur, context, actor, value, content_type, now_ms)
@@ -182,15 +196,17 @@ class LocalReplica:
                     f"key would have {len(new.siblings)} siblings, more than the limit of {self.max_siblings}; "
                     "read the key and write back with its X-Context to resolve them"
                 )
-            digests[0], digests[1] = v.digest(cur), v.digest(new)
-            return v.encode(new), new
+            wire = v.encode(new, local=False)
+            digests[0], digests[1] = v.digest_raw(raw), v.digest_wire(wire)
+            return v.with_local(wire, actor), (new, wire)
 
         ns: Namespace = "data" if hint_for is None else "hints"
         skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
-        new = await self.storage.update(ns, skey, apply, durable=durable, on_commit=self._hook(ref, hint_for, digests))
+        new, wire = await self.storage.update(
+            ns, skey, apply, durable=durable, on_commit=self._hook(ref, hint_for, digests))
         if len(new.siblings) >= self.warn_siblings:
             log.warning("key %r has %d siblings (limit %d)", ref.key, len(new.siblings), self.max_siblings)
-        return new
+        return new, wire
 
     def merge(
         self, ref: KeyRef, incoming: v.VersionSet, *, durable: bool, hint_for: str | None = None
@@ -208,10 +224,11 @@ class LocalReplica:
             synced = v.sync(cur, incoming)
             merged = v.VersionSet(synced.clock, synced.siblings, cur.local_actor if cur is not None else None)
             if cur is not None and v.same_version(cur, merged):
-                digests[0] = digests[1] = v.digest(cur)
+                digests[0] = digests[1] = v.digest_raw(raw)
                 return raw, False
-            digests[0], digests[1] = v.digest(cur), v.digest(merged)
-            return v.encode(merged), True
+            wire = v.encode(merged, local=False)
+            digests[0], digests[1] = v.digest_raw(raw), v.digest_wire(wire)
+            return v.with_local(wire, merged.local_actor), True
 
         ns: Namespace = "data" if hint_for is None else "hints"
         skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)

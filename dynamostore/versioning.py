@@ -184,15 +184,32 @@ def same_version(a: VersionSet | None, b: VersionSet | None) -> bool:
     return dict(a.clock) == dict(b.clock) and [s.dot for s in a.siblings] == [s.dot for s in b.siblings]
 
 
-def digest(state: VersionSet | None) -> bytes | None:
-    """16-byte digest of a state's causal version (clock and sibling dots), None for absent.
+_DIGESTER = hashlib.blake2b(digest_size=16)  # copied per digest: cheaper than a new hasher
 
-    A dot names exactly one write, so equal clocks and dots mean equal contents.
+
+def digest(state: VersionSet | None) -> bytes | None:
+    """16-byte digest of a state's causal version, None for absent: BLAKE2b-128 of its causal encoding.
+
+    The causal encoding is canonical (sorted clock, siblings sorted by dot) and a dot names exactly one
+    write, so two copies have equal digests exactly when they hold the same version. Hashing the encoding,
+    rather than packing the clock and dots once more, lets a write digest the bytes it stores anyway
+    (`digest_wire`, `digest_raw`).
     """
     if state is None:
         return None
-    body = packb([sorted(state.clock.items()), [list(s.dot) for s in state.siblings]])
-    return hashlib.blake2b(body, digest_size=16).digest()
+    return digest_wire(encode(state, local=False))
+
+
+def digest_wire(wire: bytes) -> bytes:
+    """`digest` of the state whose causal encoding (`encode(state, local=False)`) is `wire`."""
+    h = _DIGESTER.copy()
+    h.update(wire)
+    return h.digest()
+
+
+def digest_raw(raw: bytes | None) -> bytes | None:
+    """`digest` of the state stored as `raw` (its local bookkeeping included), without decoding it."""
+    return None if raw is None else digest_wire(causal(raw))
 
 
 def encode(state: VersionSet, *, local: bool = True) -> bytes:

@@ -13,6 +13,8 @@ from dynamostore.versioning import (
     covers,
     decode,
     digest,
+    digest_raw,
+    digest_wire,
     encode,
     reap_tombstones,
     same_version,
@@ -121,6 +123,18 @@ def test_sync_is_associative(a: VersionSet, b: VersionSet, c: VersionSet) -> Non
 @settings(max_examples=100, deadline=None)
 def test_sync_is_idempotent(a: VersionSet) -> None:
     assert same_version(sync(a, a), a)
+
+
+@given(states(), st.sampled_from([None, "n1.7", "n2.1f"]), st.sampled_from(NODES), st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_digests_agree_however_taken_and_differ_exactly_between_versions(
+    a: VersionSet, actor: str | None, node: str, with_context: bool
+) -> None:
+    stored = encode(VersionSet(a.clock, a.siblings, actor))  # what storage holds: with the local actor
+    assert digest(a) == digest_raw(stored) == digest_wire(encode(a, local=False))
+    assert digest(sync(a, decode(stored))) == digest(a)  # the same version, however it was reached
+    later = update(a, dict(a.clock) if with_context else {}, node, b"w", "t", 99)  # a write with a new dot
+    assert digest(later) != digest(a)
 
 
 @given(st.data())
