@@ -4,6 +4,7 @@ gives (or withholds) one at a time through the futures the coordinator is waitin
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,3 +212,37 @@ async def test_a_silent_replica_is_replaced_at_the_soft_deadline_and_not_before(
     peers.calls[1].future.set_result(None)
     res = await asyncio.wait_for(get, 5)
     assert res.replies == 2 and res.state is None
+
+
+async def test_finished_requests_leave_no_reference_cycles(setup: Any) -> None:
+    """Each request's objects are freed by reference counting, not left for the cyclic collector (which
+    cost a coordinator ~4% of its CPU when every request left a cycle behind)."""
+    coord, peers, key = setup
+
+    async def put_and_get() -> None:
+        put = asyncio.ensure_future(coord.put(key, b"v", "t", {}, W2))
+        await until(lambda: len(peers.pending()) == 2)
+        for c in peers.pending():
+            c.future.set_result(True)
+        await put
+        get = asyncio.ensure_future(coord.get(key, R2))
+        await until(lambda: len(peers.pending()) == 1)
+        peers.pending()[0].future.set_result(None)  # a stale peer: the read repairs it
+        await get
+        await asyncio.gather(*peers.tasks)
+        peers.calls.clear()
+        peers.repairs.clear()
+        peers.tasks.clear()
+
+    await put_and_get()  # warm up: plans, alarms and the like are made once
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        await put_and_get()
+        gc.collect()
+        kept = sorted({type(o).__name__ for o in gc.garbage
+                       if type(o).__module__ in ("dynamostore.coordinator", "dynamostore.quorum")})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert kept == []
