@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dynamostore import versioning as v
@@ -45,12 +44,6 @@ class BadRequest(Exception):
 
 def error(status: int, err: str, reason: str, **extra: Any) -> Response:
     return json_response({"error": err, "reason": reason, **extra}, status=status)
-
-
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    key: bytes
-    context: dict[str, int]
 
 
 class Api:

@@ -7,7 +7,6 @@ enough, whether the quorum can still be met, what to answer, which replicas to r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from antientropy.readrepair import ReadReply, plan_read_repair
@@ -47,19 +46,22 @@ class PutOutcome(NamedTuple):  # a tuple: built once per request, several times 
     reason: str = ""
 
 
-@dataclass
 class PutTally:
-    """Counts replica acknowledgements of one write against W, DW and PW."""
+    """Counts replica acknowledgements of one write against W, DW and PW.
 
-    w: int
-    dw: int
-    pw: int
-    targets: int  # replicas the write was sent to (coordinator included)
-    acks: int = 0
-    hinted: int = 0
-    durable: int = 0
-    primaries: int = 0
-    errors: dict[str, str] = field(default_factory=dict)
+    The tallies are plain classes, not dataclasses: compiled, a dataclass keeps the __init__ that the
+    dataclasses module generates at run time, an interpreted function called on every request."""
+
+    def __init__(self, w: int, dw: int, pw: int, targets: int) -> None:
+        self.w = w
+        self.dw = dw
+        self.pw = pw
+        self.targets = targets  # replicas the write was sent to (coordinator included)
+        self.acks = 0
+        self.hinted = 0
+        self.durable = 0
+        self.primaries = 0
+        self.errors: dict[str, str] = {}
 
     def add_ack(self, node: str, *, primary: bool, durable: bool) -> None:
         self.acks += 1
@@ -124,18 +126,16 @@ class GetOutcome(NamedTuple):  # a tuple: built once per request, several times 
     reason: str = ""
 
 
-@dataclass
 class GetTally:
     """Collects replica replies of one read against R and PR; reconciles; plans read repair."""
 
-    r: int
-    pr: int
-    targets: int  # every replica that may be asked, including the `reserve` not asked yet
-    reserve: int = 0  # replicas held back, asked only if one asked fails or is slow
-    replies: list[Reply] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
+    def __init__(self, r: int, pr: int, targets: int) -> None:
+        self.r = r
+        self.pr = pr
+        self.targets = targets  # every replica that may be asked, including the `reserve` not asked yet
+        self.reserve = 0  # replicas held back, asked only if one asked fails or is slow
+        self.replies: list[Reply] = []
+        self.errors: dict[str, str] = {}
         self.primaries = 0  # replies from primaries
         # (replies merged, result), recomputed only when a reply was added
         self._merged: tuple[int, VersionSet | None] = (-1, None)

@@ -26,7 +26,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from dynamostore import versioning as v
 from dynamostore.storage import Namespace, Storage, data_key, split_data_key
@@ -44,14 +43,18 @@ class SiblingLimitError(Exception):
     """A write would leave more siblings than the configured cap."""
 
 
-@dataclass(frozen=True, slots=True)
 class KeyRef:
-    """A user key with its placement computed once: partition, Merkle segment and storage key."""
+    """A user key with its placement computed once: partition, Merkle segment and storage key. Read-only by
+    convention; a plain class because one is made per request (compiled, a frozen dataclass's generated
+    __init__ stays interpreted)."""
 
-    key: bytes
-    partition: int
-    segment: int
-    skey: bytes
+    __slots__ = ("key", "partition", "segment", "skey")
+
+    def __init__(self, key: bytes, partition: int, segment: int, skey: bytes) -> None:
+        self.key = key
+        self.partition = partition
+        self.segment = segment
+        self.skey = skey
 
     @classmethod
     def of(cls, key: bytes, partitions: int, segments: int) -> KeyRef:

@@ -236,12 +236,25 @@ def causal(raw: bytes) -> bytes:
     write, and the encoding is canonical: sorted clock, sorted siblings), so a read compares replies as bytes."""
     if raw[:1] != b"\x93":
         return raw
-    unpacker = msgpack.Unpacker()
-    unpacker.feed(raw)
-    unpacker.read_array_header()
-    unpacker.skip()
-    unpacker.skip()
-    return b"\x92" + raw[1:unpacker.tell()]
+    # One Unpacker per thread, drained after each use (making one costs more than the skipping).
+    try:
+        unpacker = _packers.unpacker
+    except AttributeError:
+        unpacker = _packers.unpacker = msgpack.Unpacker()
+    try:
+        unpacker.feed(raw)
+        start = unpacker.tell()
+        unpacker.read_array_header()
+        unpacker.skip()
+        unpacker.skip()
+        end = unpacker.tell()
+        unpacker.skip()  # the local actor: the buffer is empty again
+    except Exception:
+        _packers.unpacker = msgpack.Unpacker()  # whatever is left of a bad record goes with the old one
+        raise
+    if unpacker.tell() - start != len(raw):  # trailing bytes: never left for the next record to meet
+        _packers.unpacker = msgpack.Unpacker()
+    return b"\x92" + raw[1:end - start]
 
 
 _new_sibling = tuple.__new__  # Sibling's own __new__ is a Python function; the fields are checked below

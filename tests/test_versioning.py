@@ -10,6 +10,7 @@ from dynamostore.context import ContextCodec, InvalidContext
 from dynamostore.versioning import (
     EMPTY,
     VersionSet,
+    causal,
     covers,
     decode,
     digest,
@@ -135,6 +136,17 @@ def test_digests_agree_however_taken_and_differ_exactly_between_versions(
     assert digest(sync(a, decode(stored))) == digest(a)  # the same version, however it was reached
     later = update(a, dict(a.clock) if with_context else {}, node, b"w", "t", 99)  # a write with a new dot
     assert digest(later) != digest(a)
+
+
+def test_causal_strips_the_local_actor_and_survives_bad_records() -> None:
+    s = update(None, {}, "n1", b"v", "t", 1)
+    mine = VersionSet(s.clock, s.siblings, "n1.7")
+    wire = encode(s, local=False)
+    assert causal(encode(mine)) == wire and causal(wire) == wire
+    with pytest.raises(Exception):
+        causal(encode(mine)[:-3])  # truncated
+    assert causal(encode(mine) + b"\x01\x02") == wire  # trailing bytes are ignored...
+    assert causal(encode(mine)) == wire  # ...and neither they nor the truncated record linger
 
 
 @given(st.data())
