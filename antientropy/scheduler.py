@@ -10,8 +10,10 @@ Pure: time comes in as a float argument (seconds, any monotonic origin), randomn
 
 Policy:
 - Every (partition, peer) pair is due once per interval (per partition, default ``interval``). Both replicas
-  initiate, so a pair is compared about twice per interval in a healthy cluster; the first exchange of a
-  new pair is spread uniformly over one interval so a restart does not fire every exchange at once.
+  initiate, but an exchange the peer started counts for the pair too (``answered``): in a healthy cluster a
+  pair is compared about once per interval, not twice, which halves what anti-entropy costs a node under
+  steady writes (every comparison rehashes the dirty paths of both trees). The first exchange of a new
+  pair is spread uniformly over one interval so a restart does not fire every exchange at once.
 - At most ``max_concurrent`` exchanges at a time, one per partition (two walks of one tree add load and
   find the same keys) and at most ``max_per_peer`` per peer.
 - A peer whose exchange failed or that was unavailable is backed off exponentially with jitter (per peer,
@@ -186,6 +188,16 @@ class ExchangeScheduler:
             pair.due = now + self._interval(task.partition) * self._rng.uniform(1 - j, 1 + j)
         else:
             pair.due = now + self.config.retry_delay
+
+    def answered(self, partition: int, peer: str, now: float) -> None:
+        """`peer` started an exchange of `partition` with us: our own comparison of the pair can wait one
+        interval from now. (If the peer's exchange then fails, its own retry and backoff take over.)"""
+        key = (partition, peer)
+        pair = self._pairs.get(key)
+        if pair is None or key in self._running:
+            return
+        j = self.config.jitter
+        pair.due = max(pair.due, now + self._interval(partition) * self._rng.uniform(1 - j, 1 + j))
 
     # -- decisions ----------------------------------------------------------------------------------
 

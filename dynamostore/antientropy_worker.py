@@ -394,6 +394,8 @@ class AntiEntropyWorker:
             raise RpcRemoteError("bad_request", f"ae.x payload: {exc}") from exc
         if not isinstance(request, (RootRequest, ChildrenRequest, BucketsRequest)):
             raise RpcRemoteError("bad_request", "ae.x carries a response, not a request")
+        if isinstance(request, RootRequest) and hasattr(self, "sched"):
+            self.sched.answered(partition, peer, asyncio.get_running_loop().time())
         tree = self.trees.trees[partition]
         scanned: dict[int, dict[bytes, bytes]] = {}
         if isinstance(request, BucketsRequest):

@@ -152,3 +152,15 @@ def test_config_validation() -> None:
         SchedulerConfig(jitter=1.0)
     with pytest.raises(ValueError):
         SchedulerConfig(backoff_initial=10, backoff_max=5)
+
+
+def test_an_exchange_the_peer_started_counts_for_the_pair() -> None:
+    s = make(max_concurrent=1)
+    s.set_partitions({1: ["b"], 2: ["b"]}, now=0.0)
+    s.answered(1, "b", 30.0)  # b compared partition 1 with us: ours can wait one interval from then
+    assert [(t.partition, t.peer) for t in drain(s, 30.0)] == [(2, "b")]
+    s.answered(2, "b", 40.0)  # a pair already running is left alone
+    assert s.status()[1].running
+    assert s.next_wakeup(40.0) is None
+    s.answered(3, "b", 40.0)  # a pair we do not have: nothing to do
+    assert [p.next_due for p in s.status()] == [pytest.approx(130.0), pytest.approx(0.0)]
