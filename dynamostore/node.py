@@ -309,12 +309,13 @@ class Node:
         try:
             key, raw, durable, hint_for = payload
             ref = self.replica.ref(bytes(key))
-            state = v.decode(bytes(raw))
+            wire = bytes(raw)
+            state = v.decode(wire)
         except (TypeError, ValueError) as exc:
             raise _bad(f"kv.put payload: {exc}") from exc
         if hint_for is not None and not self.handoff.accepts_hint(str(hint_for)):
             raise RpcRemoteError("hint_limit", f"{self.node_id} holds too many hints for {hint_for}")
-        return self.replica.merge(ref, state, durable=bool(durable), hint_for=hint_for)
+        return self.replica.merge(ref, state, durable=bool(durable), hint_for=hint_for, wire=wire)
 
     async def _rpc_coord_put(self, payload: Any, peer: str) -> Any:
         try:

@@ -212,17 +212,30 @@ class LocalReplica:
         return new, wire
 
     def merge(
-        self, ref: KeyRef, incoming: v.VersionSet, *, durable: bool, hint_for: str | None = None
+        self, ref: KeyRef, incoming: v.VersionSet, *, durable: bool, hint_for: str | None = None,
+        wire: bytes | None = None,
     ) -> asyncio.Future[bool]:
         """Merge a copy in with causality; the future says whether the stored state changed.
+
+        `wire` is `incoming` as it was received (its causal encoding), if at hand: when the incoming copy
+        supersedes this one, as a coordinator's write usually does, it is stored as received, without
+        building the merge or encoding it again.
 
         The storage op's own future, not a coroutine: replicas answer kv.put straight from the commit, without
         a task or a chained future."""
 
         digests: list[bytes | None] = [None, None]  # (old, new), for the Merkle hook
+        as_received = wire if wire is not None and wire[:1] == b"\x92" and v.canonical(incoming) else None
 
         def apply(raw: bytes | None) -> tuple[bytes | None, bool]:
             cur = v.decode(raw) if raw is not None else None
+            if as_received is not None and (cur is None or v.supersedes(incoming, cur)):
+                old_digest = v.digest_raw(raw)
+                new_digest = v.digest_wire(as_received)
+                digests[0], digests[1] = old_digest, new_digest
+                if old_digest == new_digest:
+                    return raw, False
+                return v.with_local(as_received, cur.local_actor if cur is not None else None), True
             # the copy keeps its own actor bookkeeping; whatever the incoming copy minted stays its own
             synced = v.sync(cur, incoming)
             merged = v.VersionSet(synced.clock, synced.siblings, cur.local_actor if cur is not None else None)

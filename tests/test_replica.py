@@ -58,3 +58,35 @@ async def test_epochs_are_never_reused_across_restarts(tmp_path: Path) -> None:
     second = (await r.coordinate(r.ref(b"y"), {}, b"2", "t", durable=False)).local_actor
     assert first != second
     await r.storage.close()
+
+
+async def test_a_copy_stored_as_received_is_the_one_a_full_merge_stores(tmp_path: Path) -> None:
+    """kv.put hands the replica the coordinator's bytes: when they supersede the stored copy they are stored
+    as received; a merge that has to be built (a concurrent write elsewhere) still is, and either way the
+    stored bytes are those the full merge writes."""
+    coord = await open_replica(tmp_path / "c")
+    fast = await open_replica(tmp_path / "f")  # given the wire bytes
+    full = await open_replica(tmp_path / "s")  # not given them: always the full merge
+    ref = coord.ref(b"k")
+    elsewhere = v.update(None, {}, "n9.1", b"other", "t", 5)  # a concurrent write another coordinator took
+    changes = []
+    for i, ctx in enumerate([{}, {}, None, {}]):
+        if ctx is None:  # the concurrent write reaches the replicas first
+            for r in (fast, full):
+                await r.merge(ref, elsewhere, durable=False)
+            continue
+        state = await coord.coordinate(ref, ctx, b"w%d" % i, "t", durable=False)
+        wire = v.encode(state, local=False)
+        changes.append(await fast.merge(ref, v.decode(wire), durable=False, wire=wire))
+        await full.merge(ref, v.decode(wire), durable=False)
+        assert await fast.storage.get("data", ref.skey) == await full.storage.get("data", ref.skey)
+    # the same write again changes nothing; bytes a peer sends in another order are merged, not stored
+    state = await coord.get(ref)
+    assert state is not None
+    wire = v.encode(state, local=False)
+    assert await fast.merge(ref, v.decode(wire), durable=False, wire=wire) is False
+    assert changes == [True, True, True]
+    final = v.sync(await full.get(ref), elsewhere)
+    assert [s.value for s in final.siblings] == [s.value for s in (await fast.get(ref) or v.EMPTY).siblings]
+    for r in (coord, fast, full):
+        await r.storage.close()

@@ -10,6 +10,7 @@ from dynamostore.context import ContextCodec, InvalidContext
 from dynamostore.versioning import (
     EMPTY,
     VersionSet,
+    canonical,
     causal,
     covers,
     decode,
@@ -19,6 +20,7 @@ from dynamostore.versioning import (
     encode,
     reap_tombstones,
     same_version,
+    supersedes,
     sync,
     sync_all,
     update,
@@ -136,6 +138,21 @@ def test_digests_agree_however_taken_and_differ_exactly_between_versions(
     assert digest(sync(a, decode(stored))) == digest(a)  # the same version, however it was reached
     later = update(a, dict(a.clock) if with_context else {}, node, b"w", "t", 99)  # a write with a new dot
     assert digest(later) != digest(a)
+
+
+@given(states(), states())
+@settings(max_examples=300, deadline=None)
+def test_supersedes_says_exactly_when_a_merge_is_the_incoming_copy(a: VersionSet, b: VersionSet) -> None:
+    assert supersedes(b, a) == same_version(sync(a, b), b)
+    assert supersedes(a, a)
+
+
+@given(states())
+@settings(max_examples=100, deadline=None)
+def test_decoded_states_are_canonical_and_reordered_ones_are_not(a: VersionSet) -> None:
+    assert canonical(decode(encode(a)))
+    if len(a.siblings) > 1:
+        assert not canonical(VersionSet(a.clock, tuple(reversed(a.siblings))))
 
 
 def test_causal_strips_the_local_actor_and_survives_bad_records() -> None:
