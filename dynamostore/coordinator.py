@@ -236,21 +236,42 @@ class _Gather:
 
 
 class _PutGather(_Gather):
-    """The replica writes of one put: a failed or slow target is replaced by the next spare fallback
-    (sloppy quorum), which keeps the copy as a hint for the primary it stands in for."""
+    """The writes of one put: this node's own (`me`), then, once it is committed (`committed`), the replicas'.
+    A failed or slow replica is replaced by the next spare fallback (sloppy quorum), which keeps the copy as
+    a hint for the primary it stands in for."""
 
-    __slots__ = ("view", "key", "raw", "durable", "timeout", "tally", "spares")
+    __slots__ = ("view", "me", "targets", "partition", "key", "durable", "timeout", "tally", "spares", "state",
+                 "raw", "local_error")
 
-    def __init__(self, alarms: _Alarms, view: ClusterView, key: bytes, raw: bytes, durable: bool, timeout: float,
-                 tally: PutTally, spares: list[str]) -> None:
+    def __init__(self, alarms: _Alarms, view: ClusterView, me: Target, targets: list[Target], partition: int,
+                 key: bytes, durable: bool, timeout: float, tally: PutTally, spares: list[str]) -> None:
         super().__init__(alarms)
         self.view = view
+        self.me = me
+        self.targets = targets
+        self.partition = partition
         self.key = key
-        self.raw = raw
         self.durable = durable
         self.timeout = timeout
         self.tally = tally
         self.spares = spares
+        self.state: v.VersionSet | None = None
+        self.raw = b""  # the new state's causal encoding, once committed here
+        self.local_error: BaseException | None = None
+
+    def committed(self, state: v.VersionSet, raw: bytes) -> None:
+        """This node's write is committed (its ack counts when the write's future resolves, after the fsync
+        a durable write waits for): send it to the other replicas now."""
+        self.state, self.raw = state, raw
+        for t in self.targets:
+            if t is not self.me:
+                self.send(t)
+        # A partition moving to a new owner: the write reaches it too, without counting toward W (it does
+        # not serve reads for the partition until its stream is done).
+        targets = self.targets
+        for extra in self.view.extra_targets(self.partition):
+            if all(extra != t.node for t in targets):
+                self.view.call_then(extra, "kv.put", [self.key, raw, self.durable, None], self.timeout, _ignore)
 
     def send(self, t: Target) -> None:
         self.view.call_then(t.node, "kv.put", [self.key, self.raw, self.durable, t.hint_for], self.timeout,
@@ -259,13 +280,15 @@ class _PutGather(_Gather):
     def answer(self, target: Target, result: Any, exc: BaseException | None) -> None:
         if exc is None:
             self.tally.add_ack(target.node, primary=target.is_primary, durable=self.durable)
+        elif target is self.me:
+            self.local_error = exc  # nothing was sent: the put fails with this node's reason
         else:
             self.tally.add_error(target.node, _reason(exc))
             self.slow(target)
 
     def slow(self, target: Target) -> None:
         tally = self.tally
-        if self.spares and not tally.satisfied():
+        if target is not self.me and self.spares and not tally.satisfied():
             tally.targets += 1
             self.send(Target(self.spares.pop(0), Role.FALLBACK, hint_for=target.hint_for or target.node))
 
@@ -397,27 +420,20 @@ class Coordinator:
         if tally.impossible():
             raise Unavailable(_unreachable("w", opts.w, pw, targets, spare_nodes))
         tally.targets = len(targets)
-        spares = list(spare_nodes)
         durable = opts.dw > 0
-        state, raw = await self.replica.coordinate_wire(
-            ref, context, value, content_type, durable=durable, hint_for=me.hint_for
-        )
-        tally.add_ack(self.view.node_id, primary=me.is_primary, durable=durable)
-        gather = _PutGather(self._alarms_of(loop), self.view, key, raw, durable, opts.timeout, tally, spares)
-        for t in targets:
-            if t is not me:
-                gather.send(t)
-        # A partition moving to a new owner: the write reaches it too, without counting toward W (it does
-        # not serve reads for the partition until its stream is done).
-        for extra in self.view.extra_targets(ref.partition):
-            if all(extra != t.node for t in targets):
-                self.view.call_then(extra, "kv.put", [key, raw, durable, None], opts.timeout, _ignore)
+        gather = _PutGather(self._alarms_of(loop), self.view, me, targets, ref.partition, key, durable, opts.timeout,
+                            tally, list(spare_nodes))
+        then_from(self.replica.coordinate_then(ref, context, value, content_type, durable=durable,
+                                               hint_for=me.hint_for, committed=gather.committed), gather.track(me))
         soft = loop.time() + min(self.view.replica_timeout, opts.timeout / 2)
         timed_out = await gather.wait(tally.done, deadline, soft)
+        if gather.local_error is not None:
+            raise gather.local_error
         out = tally.outcome(timed_out)
         if not out.ok:
             raise Unavailable(out.reason)
-        return PutResult(self.view.node_id, out.acks, out.hinted, out.durable, state)
+        assert gather.state is not None  # an ack is counted only once this node's write is committed
+        return PutResult(self.view.node_id, out.acks, out.hinted, out.durable, gather.state)
 
     async def _forward(
         self,

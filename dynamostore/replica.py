@@ -171,10 +171,10 @@ class LocalReplica:
         hint_for: str | None = None,
     ) -> v.VersionSet:
         """Apply a client write here as its coordinator; returns the new state to replicate."""
-        state, _ = await self.coordinate_wire(ref, context, value, content_type, durable=durable, hint_for=hint_for)
+        state, _ = await self.coordinate_then(ref, context, value, content_type, durable=durable, hint_for=hint_for)
         return state
 
-    async def coordinate_wire(
+    def coordinate_then(
         self,
         ref: KeyRef,
         context: v.Clock,
@@ -183,8 +183,13 @@ class LocalReplica:
         *,
         durable: bool,
         hint_for: str | None = None,
-    ) -> tuple[v.VersionSet, bytes]:
-        """`coordinate`, with the new state's causal encoding too (what the replicas are sent)."""
+        committed: Callable[[v.VersionSet, bytes], None] | None = None,
+    ) -> asyncio.Future[tuple[v.VersionSet, bytes]]:
+        """`coordinate`, as the storage op's future of (new state, its causal encoding: what replicas are sent).
+
+        `committed(state, encoding)` runs the moment the write is committed, before the future resolves (and
+        before the fsync a durable write waits for): the coordinator sends to the replicas from there, in
+        the same loop pass, instead of in a task step after it."""
         now_ms = int(time.time() * 1000)
 
         digests: list[bytes | None] = [None, None]  # (old, new), for the Merkle hook
@@ -203,13 +208,19 @@ class LocalReplica:
             digests[0], digests[1] = v.digest_raw(raw), v.digest_wire(wire)
             return v.with_local(wire, actor), (new, wire)
 
+        merkle = self._hook(ref, hint_for, digests)
+
+        def on_commit(result: tuple[v.VersionSet, bytes]) -> None:
+            merkle(result)
+            new, wire = result
+            if len(new.siblings) >= self.warn_siblings:
+                log.warning("key %r has %d siblings (limit %d)", ref.key, len(new.siblings), self.max_siblings)
+            if committed is not None:
+                committed(new, wire)
+
         ns: Namespace = "data" if hint_for is None else "hints"
         skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
-        new, wire = await self.storage.update(
-            ns, skey, apply, durable=durable, on_commit=self._hook(ref, hint_for, digests))
-        if len(new.siblings) >= self.warn_siblings:
-            log.warning("key %r has %d siblings (limit %d)", ref.key, len(new.siblings), self.max_siblings)
-        return new, wire
+        return self.storage.update(ns, skey, apply, durable=durable, on_commit=on_commit)
 
     def merge(
         self, ref: KeyRef, incoming: v.VersionSet, *, durable: bool, hint_for: str | None = None,

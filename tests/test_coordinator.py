@@ -14,7 +14,7 @@ import pytest
 
 from dynamostore import versioning as v
 from dynamostore.coordinator import Coordinator, ReadOptions, Unavailable, WriteOptions
-from dynamostore.replica import LocalReplica
+from dynamostore.replica import LocalReplica, SiblingLimitError
 from dynamostore.rpc import RpcUnavailable
 from dynamostore.rpc_client import Then, then_from
 from dynamostore.storage import Storage
@@ -246,3 +246,23 @@ async def test_finished_requests_leave_no_reference_cycles(setup: Any) -> None:
         gc.set_debug(0)
         gc.garbage.clear()
     assert kept == []
+
+
+async def test_a_write_refused_here_fails_the_put_with_its_reason_and_reaches_no_replica(tmp_path: Path) -> None:
+    storage = await Storage.open(tmp_path / "s")
+    replica = await LocalReplica.open("n1", storage, partitions=8, segments=16, max_siblings=2, warn_siblings=2)
+    peers = Peers()
+    coord = Coordinator(peers, replica)
+    key = next(k for k in (b"k%d" % i for i in range(1000))
+               if "n1" in peers.ring.preference_list(replica.ref(k).partition, 3)[0])
+    for _ in range(2):  # two blind writes: two siblings, the limit
+        put = asyncio.ensure_future(coord.put(key, b"v", "t", {}, W2))
+        await until(lambda: len(peers.pending()) == 2)
+        for c in peers.pending():
+            c.future.set_result(True)
+        await put
+    sent = len(peers.calls)
+    with pytest.raises(SiblingLimitError):
+        await coord.put(key, b"v", "t", {}, W2)
+    assert len(peers.calls) == sent  # the refused write was sent nowhere
+    await storage.close()
