@@ -241,7 +241,7 @@ class _PutGather(_Gather):
     a hint for the primary it stands in for."""
 
     __slots__ = ("view", "me", "targets", "partition", "key", "durable", "timeout", "tally", "spares", "state",
-                 "raw", "local_error")
+                 "raw", "local_done", "local_error")
 
     def __init__(self, alarms: _Alarms, view: ClusterView, me: Target, targets: list[Target], partition: int,
                  key: bytes, durable: bool, timeout: float, tally: PutTally, spares: list[str]) -> None:
@@ -257,7 +257,11 @@ class _PutGather(_Gather):
         self.spares = spares
         self.state: v.VersionSet | None = None
         self.raw = b""  # the new state's causal encoding, once committed here
+        self.local_done = False  # this node's write answered (even W=0 waits for it: the answer is its state)
         self.local_error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self.local_done and self.tally.done()
 
     def committed(self, state: v.VersionSet, raw: bytes) -> None:
         """This node's write is committed (its ack counts when the write's future resolves, after the fsync
@@ -278,6 +282,8 @@ class _PutGather(_Gather):
                             self.track(t))
 
     def answer(self, target: Target, result: Any, exc: BaseException | None) -> None:
+        if target is self.me:
+            self.local_done = True
         if exc is None:
             self.tally.add_ack(target.node, primary=target.is_primary, durable=self.durable)
         elif target is self.me:
@@ -426,13 +432,14 @@ class Coordinator:
         then_from(self.replica.coordinate_then(ref, context, value, content_type, durable=durable,
                                                hint_for=me.hint_for, committed=gather.committed), gather.track(me))
         soft = loop.time() + min(self.view.replica_timeout, opts.timeout / 2)
-        timed_out = await gather.wait(tally.done, deadline, soft)
+        timed_out = await gather.wait(gather.done, deadline, soft)
         if gather.local_error is not None:
             raise gather.local_error
         out = tally.outcome(timed_out)
         if not out.ok:
             raise Unavailable(out.reason)
-        assert gather.state is not None  # an ack is counted only once this node's write is committed
+        if gather.state is None:  # the deadline passed before this node's own write was committed
+            raise Unavailable("timed out before the write was committed on its coordinator")
         return PutResult(self.view.node_id, out.acks, out.hinted, out.durable, gather.state)
 
     async def _forward(

@@ -266,3 +266,11 @@ async def test_a_write_refused_here_fails_the_put_with_its_reason_and_reaches_no
         await coord.put(key, b"v", "t", {}, W2)
     assert len(peers.calls) == sent  # the refused write was sent nowhere
     await storage.close()
+
+
+async def test_w0_answers_once_the_local_write_is_committed_without_waiting_for_replicas(setup: Any) -> None:
+    coord, peers, key = setup
+    res = await asyncio.wait_for(coord.put(key, b"v", "t", {}, WriteOptions(w=0, dw=0, pw=0, sloppy=True,
+                                                                            timeout=5.0)), 5)
+    assert res.acks == 1 and [s.value for s in res.state.live] == [b"v"]
+    assert len(peers.calls) == 2 and not any(c.future.done() for c in peers.calls)  # sent, not waited for
