@@ -81,17 +81,23 @@ class Peers:
         return [c for c in self.calls if not c.future.done()]
 
 
-@pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[tuple[Coordinator, Peers, bytes]]:
-    storage = await Storage.open(tmp_path / "s")
-    replica = await LocalReplica.open("n1", storage, partitions=8, segments=16, max_siblings=64, warn_siblings=16)
+async def coordinator_of_n1(path: Path, max_siblings: int = 64) -> tuple[Coordinator, Peers, bytes]:
+    """n1's coordinator over a real local replica, and a key whose three primaries include n1 (so n1
+    coordinates it)."""
+    storage = await Storage.open(path)
+    replica = await LocalReplica.open("n1", storage, partitions=8, segments=16, max_siblings=max_siblings,
+                                      warn_siblings=min(16, max_siblings))
     peers = Peers()
-    coord = Coordinator(peers, replica)
-    # a key whose three primaries include n1, so n1 coordinates it
     key = next(k for k in (b"k%d" % i for i in range(1000))
                if "n1" in peers.ring.preference_list(replica.ref(k).partition, 3)[0])
+    return Coordinator(peers, replica), peers, key
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[tuple[Coordinator, Peers, bytes]]:
+    coord, peers, key = await coordinator_of_n1(tmp_path / "s")
     yield coord, peers, key
-    await storage.close()
+    await coord.replica.storage.close()
 
 
 async def until(cond: Any, timeout: float = 5.0) -> None:
@@ -249,12 +255,7 @@ async def test_finished_requests_leave_no_reference_cycles(setup: Any) -> None:
 
 
 async def test_a_write_refused_here_fails_the_put_with_its_reason_and_reaches_no_replica(tmp_path: Path) -> None:
-    storage = await Storage.open(tmp_path / "s")
-    replica = await LocalReplica.open("n1", storage, partitions=8, segments=16, max_siblings=2, warn_siblings=2)
-    peers = Peers()
-    coord = Coordinator(peers, replica)
-    key = next(k for k in (b"k%d" % i for i in range(1000))
-               if "n1" in peers.ring.preference_list(replica.ref(k).partition, 3)[0])
+    coord, peers, key = await coordinator_of_n1(tmp_path / "s", max_siblings=2)
     for _ in range(2):  # two blind writes: two siblings, the limit
         put = asyncio.ensure_future(coord.put(key, b"v", "t", {}, W2))
         await until(lambda: len(peers.pending()) == 2)
@@ -265,7 +266,7 @@ async def test_a_write_refused_here_fails_the_put_with_its_reason_and_reaches_no
     with pytest.raises(SiblingLimitError):
         await coord.put(key, b"v", "t", {}, W2)
     assert len(peers.calls) == sent  # the refused write was sent nowhere
-    await storage.close()
+    await coord.replica.storage.close()
 
 
 async def test_w0_answers_once_the_local_write_is_committed_without_waiting_for_replicas(setup: Any) -> None:
