@@ -23,7 +23,13 @@ log = logging.getLogger("dynamostore.rpc")
 
 Addr = tuple[str, int]
 
-_TICKS_PER_S = 100  # timeout granularity: 10 ms
+TICKS_PER_S = 100  # timeout granularity (10 ms) of RPC calls and of coordinated requests
+
+
+def tick_after(when: float) -> int:
+    """The 10 ms tick whose timer fires after loop time `when`: deadlines are bucketed per tick, one timer
+    per bucket instead of a timer handle created and cancelled per call (never early, at most a tick late)."""
+    return int(when * TICKS_PER_S) + 1
 
 Then = Callable[[Any, "BaseException | None"], None]  # then(result, None) or then(None, exception)
 
@@ -160,11 +166,11 @@ class RpcClient:
         one tick late, never early."""
         loop = conn.loop
         conn.pending[rid] = slot
-        tick = int((loop.time() + timeout) * _TICKS_PER_S) + 1
+        tick = tick_after(loop.time() + timeout)
         bucket = conn.buckets.get(tick)
         if bucket is None:
             bucket = conn.buckets[tick] = []
-            loop.call_at(tick / _TICKS_PER_S, conn.expire, tick)
+            loop.call_at(tick / TICKS_PER_S, conn.expire, tick)
         bucket.append(rid)
 
     def set_delay(self, addr: Addr, seconds: float) -> None:
