@@ -1,6 +1,7 @@
 """Throughput and tail latency of a local 3-node cluster under wrk, side by side with the etcd anchor.
 
     .venv/bin/python bench/throughput.py [--duration 10] [--connections 32] [--threads 2] [--no-etcd] [--spread]
+                                         [--rounds K]
 
 Starts `dynamostore cluster --nodes 3` (N=3, R=W=2) in a temporary directory, preloads the 10,000 keys,
 then runs wrk with the same settings as ../shared/anchors (random 100-byte puts, random gets, 10k keys,
@@ -10,6 +11,9 @@ with the same wrk settings. Prints one table with throughput, p50, p99 and the r
 --spread drives every node of both systems at once instead (one wrk -t1 per node, the 32 connections split
 11/11/10), as clients of a leaderless store do (any node coordinates any key; Riak puts a load balancer in
 front of all nodes, Cassandra's drivers pick coordinators across the cluster). etcd gets the same treatment.
+--rounds K runs both systems K times, alternating (each round a fresh cluster and fresh etcd members), prints
+every round, and reports the median of each figure over the rounds: on a shared machine single runs of either
+system vary by about 10%, so one pair of runs can move the ratio by as much.
 Needs wrk and etcd from Debian's packages (apt-get install -y wrk etcd-server etcd-client).
 """
 
@@ -20,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +35,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ANCHORS = ROOT.parent / "shared" / "anchors"
+
+
+Results = dict[str, dict[str, float]]  # op -> figure (rps, p50, p99, non2xx, sock_errors) -> value
 
 
 def parse_wrk(out: str) -> dict[str, float]:
@@ -106,7 +114,7 @@ def preload(base: str) -> None:
     asyncio.run(go())
 
 
-def bench_dynamostore(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+def bench_dynamostore(args: argparse.Namespace) -> Results:
     d = Path(tempfile.mkdtemp(prefix="ds-bench-"))
     port = args.base_port
     settings = d / "settings.toml"
@@ -132,7 +140,7 @@ def bench_dynamostore(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def bench_etcd(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+def bench_etcd(args: argparse.Namespace) -> Results:
     d = Path(tempfile.mkdtemp(prefix="etcd-bench-"))
     subprocess.run(["bash", str(ANCHORS / "etcd_cluster.sh"), str(d)], check=True, capture_output=True)
     try:
@@ -149,6 +157,25 @@ def bench_etcd(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def median_results(rounds: list[Results]) -> Results:
+    """Each figure of each op: its median over the rounds."""
+    return {op: {k: statistics.median(r[op][k] for r in rounds) for k in rounds[0][op]} for op in rounds[0]}
+
+
+def print_table(title: str, systems: list[tuple[str, Results]]) -> None:
+    print(f"\n{title}")
+    print(f"{'system':<22}{'op':<5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name, res in systems:
+        for op in ("put", "get"):
+            r = res[op]
+            print(f"{name:<22}{op:<5}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['non2xx'] + r['sock_errors']:>8.0f}")
+    if len(systems) == 2:
+        (_, ds), (_, etcd) = systems
+        for op in ("put", "get"):
+            print(f"ratio {op}: throughput x{ds[op]['rps'] / etcd[op]['rps']:.2f}, "
+                  f"p99 {ds[op]['p99']:.2f} ms vs {etcd[op]['p99']:.2f} ms")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
@@ -159,24 +186,32 @@ def main() -> int:
     ap.add_argument("--spread", action="store_true",
                     help="drive all three nodes (and all three etcd members) at once, one wrk -t1 each, the "
                          "connections split between them, instead of one wrk against the first")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run both systems this many times, alternating, and report the medians")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
+    if args.rounds < 1:
+        print("--rounds must be at least 1", file=sys.stderr)
+        return 2
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
-    ds = bench_dynamostore(args)
-    etcd = None if args.no_etcd else bench_etcd(args)
     where = "spread over all 3 nodes/members (one wrk -t1 each)" if args.spread else f"-t{args.threads}, node 1 of 3"
-    print(f"\nwrk -c{args.connections} -d{args.duration}s {where}, 100-byte values, 10k keys")
-    print(f"{'system':<22}{'op':<5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
-    for name, res in [("dynamostore N3 R2 W2", ds)] + ([("etcd 3 members", etcd)] if etcd else []):
-        for op in ("put", "get"):
-            r = res[op]
-            print(f"{name:<22}{op:<5}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['non2xx'] + r['sock_errors']:>8.0f}")
-    if etcd:
-        for op in ("put", "get"):
-            print(f"ratio {op}: throughput x{ds[op]['rps'] / etcd[op]['rps']:.2f}, "
-                  f"p99 {ds[op]['p99']:.2f} ms vs {etcd[op]['p99']:.2f} ms")
+    title = f"wrk -c{args.connections} -d{args.duration}s {where}, 100-byte values, 10k keys"
+    ds_rounds: list[Results] = []
+    etcd_rounds: list[Results] = []
+    for k in range(args.rounds):
+        ds_rounds.append(bench_dynamostore(args))
+        if not args.no_etcd:
+            etcd_rounds.append(bench_etcd(args))
+        if args.rounds > 1:
+            print_table(f"round {k + 1} of {args.rounds}: {title}",
+                        [("dynamostore N3 R2 W2", ds_rounds[-1])] + ([("etcd 3 members", etcd_rounds[-1])]
+                                                                     if etcd_rounds else []))
+    if args.rounds > 1:
+        title = f"medians of {args.rounds} alternating rounds: {title}"
+    print_table(title, [("dynamostore N3 R2 W2", median_results(ds_rounds))]
+                + ([("etcd 3 members", median_results(etcd_rounds))] if etcd_rounds else []))
     return 0
 
 

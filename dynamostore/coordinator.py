@@ -70,19 +70,30 @@ class ReadOptions:
     timeout: float
 
 
-class PutResult(NamedTuple):  # a tuple: built once per request, several times cheaper than a frozen dataclass
-    coordinator: str
-    acks: int
-    hinted: int
-    durable: int
-    state: v.VersionSet
+class PutResult:
+    """A write's answer. Plain slotted classes, not NamedTuples: compiled, building a NamedTuple runs its
+    interpreted `__new__` once per request."""
+
+    __slots__ = ("coordinator", "acks", "hinted", "durable", "state")
+
+    def __init__(self, coordinator: str, acks: int, hinted: int, durable: int, state: v.VersionSet) -> None:
+        self.coordinator = coordinator
+        self.acks = acks
+        self.hinted = hinted
+        self.durable = durable
+        self.state = state
 
 
-class GetResult(NamedTuple):  # a tuple: built once per request, several times cheaper than a frozen dataclass
-    coordinator: str
-    replies: int
-    hinted: int
-    state: v.VersionSet | None
+class GetResult:
+    """A read's answer."""
+
+    __slots__ = ("coordinator", "replies", "hinted", "state")
+
+    def __init__(self, coordinator: str, replies: int, hinted: int, state: v.VersionSet | None) -> None:
+        self.coordinator = coordinator
+        self.replies = replies
+        self.hinted = hinted
+        self.state = state
 
 
 class ClusterView(Protocol):

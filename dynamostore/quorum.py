@@ -7,8 +7,6 @@ enough, whether the quorum can still be met, what to answer, which replicas to r
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from antientropy.readrepair import ReadReply, plan_read_repair
 from dynamostore.versioning import VersionSet, decode, digest, sync_all
 
@@ -37,13 +35,19 @@ def parse_quorum(raw: str, n: int, name: str) -> int:
     return value
 
 
-class PutOutcome(NamedTuple):  # a tuple: built once per request, several times cheaper than a frozen dataclass
-    ok: bool
-    acks: int
-    hinted: int
-    durable: int
-    primaries: int
-    reason: str = ""
+class PutOutcome:
+    """What a write's tally decided. Plain slotted classes, here and below: compiled, building a NamedTuple
+    runs its interpreted `__new__`, and a dataclass its interpreted `__init__`, once per request."""
+
+    __slots__ = ("ok", "acks", "hinted", "durable", "primaries", "reason")
+
+    def __init__(self, ok: bool, acks: int, hinted: int, durable: int, primaries: int, reason: str = "") -> None:
+        self.ok = ok
+        self.acks = acks
+        self.hinted = hinted
+        self.durable = durable
+        self.primaries = primaries
+        self.reason = reason
 
 
 class PutTally:
@@ -118,12 +122,17 @@ class Reply:
         return self._state
 
 
-class GetOutcome(NamedTuple):  # a tuple: built once per request, several times cheaper than a frozen dataclass
-    ok: bool
-    state: VersionSet | None
-    replies: int
-    hinted: int
-    reason: str = ""
+class GetOutcome:
+    """What a read's tally decided."""
+
+    __slots__ = ("ok", "state", "replies", "hinted", "reason")
+
+    def __init__(self, ok: bool, state: VersionSet | None, replies: int, hinted: int, reason: str = "") -> None:
+        self.ok = ok
+        self.state = state
+        self.replies = replies
+        self.hinted = hinted
+        self.reason = reason
 
 
 class GetTally:

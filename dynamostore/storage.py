@@ -40,7 +40,7 @@ import struct
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final, Literal, NamedTuple, TypeVar, cast, get_args
+from typing import Any, Final, Literal, TypeVar, cast, get_args
 
 import lmdb
 
@@ -101,13 +101,21 @@ def segment_prefix(partition: int, segment: int) -> bytes:
 
 # ------------------------------------------------------------------------------------- group commit
 
-class _Op(NamedTuple):      # a tuple, not a frozen dataclass: built once per write on the hot path
-    ns: Namespace
-    key: bytes
-    fn: Callable[[bytes | None], tuple[bytes | None, Any]]
-    durable: bool
-    future: asyncio.Future[Any]
-    on_commit: Callable[[Any], None] | None = None
+class _Op:
+    """One queued write. A plain slotted class: one is built per write, and compiled, a NamedTuple's
+    `__new__` (or a dataclass's `__init__`) would run interpreted."""
+
+    __slots__ = ("ns", "key", "fn", "durable", "future", "on_commit")
+
+    def __init__(self, ns: Namespace, key: bytes, fn: Callable[[bytes | None], tuple[bytes | None, Any]],
+                 durable: bool, future: asyncio.Future[Any], on_commit: Callable[[Any], None] | None = None
+                 ) -> None:
+        self.ns = ns
+        self.key = key
+        self.fn = fn
+        self.durable = durable
+        self.future = future
+        self.on_commit = on_commit
 
 
 _Outcome = tuple[asyncio.Future[Any], bool, Any]   # (future, ok, result or exception)
