@@ -249,7 +249,7 @@ class _PutGather(_Gather):
     a hint for the primary it stands in for."""
 
     __slots__ = ("view", "me", "targets", "partition", "key", "durable", "timeout", "tally", "spares", "state",
-                 "raw", "local_done", "local_error")
+                 "raw", "replaced", "local_done", "local_error")
 
     def __init__(self, alarms: _Alarms, view: ClusterView, me: Target, targets: list[Target], partition: int,
                  key: bytes, durable: bool, timeout: float, tally: PutTally, spares: list[str]) -> None:
@@ -265,16 +265,17 @@ class _PutGather(_Gather):
         self.spares = spares
         self.state: v.VersionSet | None = None
         self.raw = b""  # the new state's causal encoding, once committed here
+        self.replaced: bytes | None = None  # the digest of the state it replaced here (replicas may hold it too)
         self.local_done = False  # this node's write answered (even W=0 waits for it: the answer is its state)
         self.local_error: BaseException | None = None
 
     def done(self) -> bool:
         return self.local_done and self.tally.done()
 
-    def committed(self, state: v.VersionSet, raw: bytes) -> None:
+    def committed(self, state: v.VersionSet, raw: bytes, replaced: bytes | None) -> None:
         """This node's write is committed (its ack counts when the write's future resolves, after the fsync
         a durable write waits for): send it to the other replicas now."""
-        self.state, self.raw = state, raw
+        self.state, self.raw, self.replaced = state, raw, replaced
         for t in self.targets:
             if t is not self.me:
                 self.send(t)
@@ -283,11 +284,12 @@ class _PutGather(_Gather):
         targets = self.targets
         for extra in self.view.extra_targets(self.partition):
             if all(extra != t.node for t in targets):
-                self.view.call_then(extra, "kv.put", [self.key, raw, self.durable, None], self.timeout, _ignore)
+                self.view.call_then(extra, "kv.put", [self.key, raw, self.durable, None, replaced], self.timeout,
+                                    _ignore)
 
     def send(self, t: Target) -> None:
-        self.view.call_then(t.node, "kv.put", [self.key, self.raw, self.durable, t.hint_for], self.timeout,
-                            self.track(t))
+        self.view.call_then(t.node, "kv.put", [self.key, self.raw, self.durable, t.hint_for, self.replaced],
+                            self.timeout, self.track(t))
 
     def answer(self, target: Target, result: Any, exc: BaseException | None) -> None:
         if target is self.me:

@@ -307,7 +307,11 @@ class Node:
 
     def _rpc_put(self, payload: Any, peer: str) -> Any:
         try:
-            key, raw, durable, hint_for = payload
+            # [key, state, durable, hint_for] and, from a coordinator, the digest of the state it replaced
+            key, raw, durable, hint_for = payload[:4]
+            replaces = payload[4] if len(payload) > 4 else None
+            if replaces is not None and type(replaces) is not bytes:
+                raise TypeError("the replaced digest is not bytes")
             ref = self.replica.ref(bytes(key))
             wire = bytes(raw)
             state = v.decode(wire)
@@ -315,7 +319,7 @@ class Node:
             raise _bad(f"kv.put payload: {exc}") from exc
         if hint_for is not None and not self.handoff.accepts_hint(str(hint_for)):
             raise RpcRemoteError("hint_limit", f"{self.node_id} holds too many hints for {hint_for}")
-        return self.replica.merge(ref, state, durable=bool(durable), hint_for=hint_for, wire=wire)
+        return self.replica.merge(ref, state, durable=bool(durable), hint_for=hint_for, wire=wire, replaces=replaces)
 
     async def _rpc_coord_put(self, payload: Any, peer: str) -> Any:
         try:

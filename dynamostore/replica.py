@@ -183,13 +183,15 @@ class LocalReplica:
         *,
         durable: bool,
         hint_for: str | None = None,
-        committed: Callable[[v.VersionSet, bytes], None] | None = None,
+        committed: Callable[[v.VersionSet, bytes, bytes | None], None] | None = None,
     ) -> asyncio.Future[tuple[v.VersionSet, bytes]]:
         """`coordinate`, as the storage op's future of (new state, its causal encoding: what replicas are sent).
 
-        `committed(state, encoding)` runs the moment the write is committed, before the future resolves (and
-        before the fsync a durable write waits for): the coordinator sends to the replicas from there, in
-        the same loop pass, instead of in a task step after it."""
+        `committed(state, encoding, replaced)` runs the moment the write is committed, before the future
+        resolves (and before the fsync a durable write waits for): the coordinator sends to the replicas from
+        there, in the same loop pass, instead of in a task step after it. `replaced` is the digest of the
+        state the write replaced here (None: there was none); a replica holding that very state can store
+        the write as it comes (`merge`'s `replaces`)."""
         now_ms = int(time.time() * 1000)
 
         digests: list[bytes | None] = [None, None]  # (old, new), for the Merkle hook
@@ -216,7 +218,7 @@ class LocalReplica:
             if len(new.siblings) >= self.warn_siblings:
                 log.warning("key %r has %d siblings (limit %d)", ref.key, len(new.siblings), self.max_siblings)
             if committed is not None:
-                committed(new, wire)
+                committed(new, wire, digests[0])
 
         ns: Namespace = "data" if hint_for is None else "hints"
         skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
@@ -224,13 +226,15 @@ class LocalReplica:
 
     def merge(
         self, ref: KeyRef, incoming: v.VersionSet, *, durable: bool, hint_for: str | None = None,
-        wire: bytes | None = None,
+        wire: bytes | None = None, replaces: bytes | None = None,
     ) -> asyncio.Future[bool]:
         """Merge a copy in with causality; the future says whether the stored state changed.
 
         `wire` is `incoming` as it was received (its causal encoding), if at hand: when the incoming copy
         supersedes this one, as a coordinator's write usually does, it is stored as received, without
-        building the merge or encoding it again.
+        building the merge or encoding it again. `replaces`, from a coordinator, is the digest of the state
+        its write replaced: when this copy has that digest, it is that state, which the write supersedes by
+        construction (`update` keeps or drops its siblings and adds a newer dot), so it is not even decoded.
 
         The storage op's own future, not a coroutine: replicas answer kv.put straight from the commit, without
         a task or a chained future."""
@@ -239,9 +243,20 @@ class LocalReplica:
         as_received = wire if wire is not None and wire[:1] == b"\x92" and v.canonical(incoming) else None
 
         def apply(raw: bytes | None) -> tuple[bytes | None, bool]:
+            old_digest: bytes | None = None
+            if raw is not None and as_received is not None and replaces is not None:
+                old_wire, actor = v.split_local(raw)
+                old_digest = v.digest_wire(old_wire)
+                if old_digest == replaces and (actor is None or isinstance(actor, str)):
+                    # this copy is the state the coordinator's write replaced: the write supersedes it
+                    new_digest = v.digest_wire(as_received)
+                    digests[0], digests[1] = old_digest, new_digest
+                    if old_digest == new_digest:
+                        return raw, False
+                    return v.with_local(as_received, actor), True
             cur = v.decode(raw) if raw is not None else None
             if as_received is not None and (cur is None or v.supersedes(incoming, cur)):
-                old_digest = v.digest_raw(raw)
+                old_digest = v.digest_raw(raw) if old_digest is None else old_digest
                 new_digest = v.digest_wire(as_received)
                 digests[0], digests[1] = old_digest, new_digest
                 if old_digest == new_digest:

@@ -255,8 +255,14 @@ def causal(raw: bytes) -> bytes:
     """A stored encoding without its local bookkeeping: what `encode(decode(raw), local=False)` gives, without
     decoding. Two replicas holding the same version have byte-equal causal encodings (a dot names exactly one
     write, and the encoding is canonical: sorted clock, sorted siblings), so a read compares replies as bytes."""
+    return split_local(raw)[0]
+
+
+def split_local(raw: bytes) -> tuple[bytes, object]:
+    """`causal(raw)` and the stored copy's local actor (None when it has none), without decoding the siblings.
+    The actor is as stored: `decode` is what checks it is a string."""
     if raw[:1] != b"\x93":
-        return raw
+        return raw, None
     # One Unpacker per thread, drained after each use (making one costs more than the skipping).
     try:
         unpacker = _packers.unpacker
@@ -269,13 +275,13 @@ def causal(raw: bytes) -> bytes:
         unpacker.skip()
         unpacker.skip()
         end = unpacker.tell()
-        unpacker.skip()  # the local actor: the buffer is empty again
+        actor = unpacker.unpack()  # the local actor: the buffer is empty again
     except Exception:
         _packers.unpacker = msgpack.Unpacker()  # whatever is left of a bad record goes with the old one
         raise
     if unpacker.tell() - start != len(raw):  # trailing bytes: never left for the next record to meet
         _packers.unpacker = msgpack.Unpacker()
-    return b"\x92" + raw[1:end - start]
+    return b"\x92" + raw[1:end - start], actor
 
 
 _new_sibling = tuple.__new__  # Sibling's own __new__ is a Python function; the fields are checked below

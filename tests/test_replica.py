@@ -90,3 +90,40 @@ async def test_a_copy_stored_as_received_is_the_one_a_full_merge_stores(tmp_path
     assert [s.value for s in final.siblings] == [s.value for s in (await fast.get(ref) or v.EMPTY).siblings]
     for r in (coord, fast, full):
         await r.storage.close()
+
+
+async def test_a_copy_holding_the_replaced_state_takes_the_write_as_received(tmp_path: Path) -> None:
+    """A coordinator sends the digest of the state its write replaced. A replica holding that state stores the
+    write as it comes, keeping its own actor bookkeeping; one holding another state (it missed a write, or took
+    a concurrent one) merges. Either way it stores the version the full merge stores."""
+    coord = await open_replica(tmp_path / "c")
+    told = await open_replica(tmp_path / "t")  # given the replaced digest
+    full = await open_replica(tmp_path / "s")  # never given it: always the full merge
+    ref = coord.ref(b"k")
+    own = await told.coordinate(ref, {}, b"own", "t", durable=False)  # told has minted an actor of its own...
+    await coord.merge(ref, own, durable=False)  # ...and its write has reached the other copies
+    await full.merge(ref, own, durable=False)
+    elsewhere = v.update(None, {}, "n9.1", b"other", "t", 5)  # a concurrent write another coordinator took
+    for i, step in enumerate(["write", "write", "concurrent", "write", "missed", "write", "write"]):
+        if step == "concurrent":
+            for r in (told, full):
+                await r.merge(ref, elsewhere, durable=False)
+            continue
+        sent: list[tuple[bytes, bytes | None]] = []
+        await coord.coordinate_then(ref, {}, b"w%d" % i, "t", durable=False,
+                                    committed=lambda _state, wire, replaced: sent.append((wire, replaced)))
+        ((wire, replaced),) = sent
+        if step == "missed":  # the replicas never see this write, so the next one replaced a state they lack
+            continue
+        assert await told.merge(ref, v.decode(wire), durable=False, wire=wire, replaces=replaced) is True
+        await full.merge(ref, v.decode(wire), durable=False)
+        told_raw, full_raw = await told.storage.get("data", ref.skey), await full.storage.get("data", ref.skey)
+        assert told_raw is not None and full_raw is not None
+        assert v.causal(told_raw) == v.causal(full_raw)
+        assert v.split_local(told_raw)[1] == own.local_actor
+    stored = await told.get(ref)
+    assert stored is not None
+    assert sorted(s.value for s in stored.siblings) == sorted(
+        [b"own", b"other"] + [b"w%d" % i for i in (0, 1, 3, 4, 5, 6)])
+    for r in (coord, told, full):
+        await r.storage.close()
