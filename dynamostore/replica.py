@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from dynamostore import versioning as v
 from dynamostore.storage import Namespace, Storage, data_key, split_data_key
-from ring.hashing import key_hash, partition_of, segment_of
+from ring.hashing import locate
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ class KeyRef:
 
     @classmethod
     def of(cls, key: bytes, partitions: int, segments: int) -> KeyRef:
-        h = key_hash(key)
-        p, s = partition_of(h, partitions), segment_of(h, segments)
+        p, s = locate(key, partitions, segments)
         return cls(key, p, s, data_key(p, s, key))
 
 

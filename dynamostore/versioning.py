@@ -185,9 +185,18 @@ def supersedes(new: VersionSet, old: VersionSet) -> bool:
 def canonical(state: VersionSet) -> bool:
     """Clock entries and sibling dots in the order `encode` writes them: the state's encoding as received
     is the one this node would write, so it can be stored as it came."""
-    names = list(state.clock)
-    dots = [s.dot for s in state.siblings]
-    return (all(a < b for a, b in zip(names, names[1:])) and all(a < b for a, b in zip(dots, dots[1:])))
+    # plain loops: a replica checks every coordinator's write, and slices and zips would allocate
+    prev_name: str | None = None
+    for name in state.clock:
+        if prev_name is not None and not prev_name < name:
+            return False
+        prev_name = name
+    prev_dot: Dot | None = None
+    for s in state.siblings:
+        if prev_dot is not None and not prev_dot < s.dot:
+            return False
+        prev_dot = s.dot
+    return True
 
 
 def sync_all(states: Iterable[VersionSet | None]) -> VersionSet | None:

@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ring.hashing import key_hash, partition_of, segment_of
+from ring.hashing import key_hash, locate, partition_of, segment_of
 from ring.placement import Role, apl, claim, initial_ring
 
 
@@ -97,3 +97,10 @@ def test_hashing_spreads_keys_over_partitions_and_segments() -> None:
         segs[segment_of(h, 16)] += 1
     assert len(parts) == 64 and min(parts.values()) > 200
     assert len(segs) == 16 and min(segs.values()) > 1000
+
+
+@given(key=st.binary(max_size=64), q=st.sampled_from([16, 64, 256]), segments=st.sampled_from([1, 16, 1024]))
+@settings(max_examples=200, deadline=None)
+def test_locate_is_partition_and_segment_of_the_key_hash(key: bytes, q: int, segments: int) -> None:
+    h = key_hash(key)
+    assert locate(key, q, segments) == (partition_of(h, q), segment_of(h, segments))

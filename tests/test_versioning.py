@@ -153,6 +153,9 @@ def test_decoded_states_are_canonical_and_reordered_ones_are_not(a: VersionSet) 
     assert canonical(decode(encode(a)))
     if len(a.siblings) > 1:
         assert not canonical(VersionSet(a.clock, tuple(reversed(a.siblings))))
+    if len(a.clock) > 1:
+        decoded = decode(encode(a))
+        assert not canonical(VersionSet(dict(reversed(decoded.clock.items())), decoded.siblings))
 
 
 def test_causal_strips_the_local_actor_and_survives_bad_records() -> None:
