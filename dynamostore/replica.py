@@ -234,6 +234,8 @@ class LocalReplica:
         building the merge or encoding it again. `replaces`, from a coordinator, is the digest of the state
         its write replaced: when this copy has that digest, it is that state, which the write supersedes by
         construction (`update` keeps or drops its siblings and adds a newer dot), so it is not even decoded.
+        That is the coordinator's word, taken from a peer that holds the cluster secret; the incoming bytes
+        themselves are still checked (decoded by the caller, and canonical here).
 
         The storage op's own future, not a coroutine: replicas answer kv.put straight from the commit, without
         a task or a chained future."""
