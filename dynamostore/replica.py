@@ -255,9 +255,10 @@ class LocalReplica:
                     if old_digest == new_digest:
                         return raw, False
                     return v.with_local(as_received, actor), True
+            if old_digest is None:  # not taken above: the stored copy is hashed once either way
+                old_digest = v.digest_raw(raw)
             cur = v.decode(raw) if raw is not None else None
             if as_received is not None and (cur is None or v.supersedes(incoming, cur)):
-                old_digest = v.digest_raw(raw) if old_digest is None else old_digest
                 new_digest = v.digest_wire(as_received)
                 digests[0], digests[1] = old_digest, new_digest
                 if old_digest == new_digest:
@@ -267,10 +268,10 @@ class LocalReplica:
             synced = v.sync(cur, incoming)
             merged = v.VersionSet(synced.clock, synced.siblings, cur.local_actor if cur is not None else None)
             if cur is not None and v.same_version(cur, merged):
-                digests[0] = digests[1] = v.digest_raw(raw)
+                digests[0] = digests[1] = old_digest
                 return raw, False
             wire = v.encode(merged, local=False)
-            digests[0], digests[1] = v.digest_raw(raw), v.digest_wire(wire)
+            digests[0], digests[1] = old_digest, v.digest_wire(wire)
             return v.with_local(wire, merged.local_actor), True
 
         ns: Namespace = "data" if hint_for is None else "hints"
