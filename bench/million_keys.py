@@ -23,9 +23,9 @@ from pathlib import Path
 
 import tomli_w
 
-from dynamostore.localcluster import free_base_port, write_cluster_file
-from dynamostore.replica import LocalReplica
-from dynamostore.storage import Storage
+from dynamostore.cli.localcluster import free_base_port, write_cluster_file
+from dynamostore.kv.replica import LocalReplica
+from dynamostore.storage.store import Storage
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from dynamostore.rpc import RpcClient, RpcServer
+from dynamostore.net.rpc import RpcClient, RpcServer
 
 SECRET = b"bench-secret"
 

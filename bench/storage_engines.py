@@ -37,10 +37,12 @@ from dataclasses import asdict, dataclass
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from dynamostore.storage import Storage, data_key, partition_prefix  # noqa: E402
-from dynamostore.storage_engine import Engine  # noqa: E402
-from dynamostore.storage_lmdb import LmdbEngine  # noqa: E402
-from dynamostore.storage_sqlite import SqliteEngine  # noqa: E402
+from dynamostore.storage.store import Storage  # noqa: E402
+
+from dynamostore.storage.keys import data_key, partition_prefix
+from dynamostore.storage.engine import Engine  # noqa: E402
+from dynamostore.storage.lmdb_engine import LmdbEngine  # noqa: E402
+from dynamostore.storage.sqlite_engine import SqliteEngine  # noqa: E402
 
 VALUE_SIZE = 200
 SMALL = 10_000

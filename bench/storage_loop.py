@@ -29,7 +29,9 @@ import uvloop
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from dynamostore.storage import Storage, data_key
+from dynamostore.storage.store import Storage
+
+from dynamostore.storage.keys import data_key
 
 VALUE_SIZE = 200
 

@@ -1,3 +1,3 @@
-from dynamostore.cli import main
+from dynamostore.cli.main import main
 
 raise SystemExit(main())

@@ -29,24 +29,29 @@ from pathlib import Path
 # contexts, RPC, failure detector, metrics, the replica, storage and the Merkle bookkeeping of each write.
 # Everything else (Raft, anti-entropy exchanges, handoff, CLI) is not hot and stays interpreted.
 MODULES = (
-    "ae_trees",
-    "context",
-    "coordinator",
-    "http_api",
-    "http_server",
-    "liveness",
+    "api.kv",
+    "api.routes",
+    "api.server",
+    "cluster.liveness",
+    "kv.context",
+    "kv.coordinator",
+    "kv.quorum",
+    "kv.replica",
+    "kv.versioning",
     "metrics",
+    "net.client",
+    "net.cork",
+    "net.rpc",
+    "net.server",
+    "net.wire",
     "node",
-    "quorum",
-    "replica",
-    "rpc",
-    "rpc_client",
-    "rpc_server",
-    "rpc_wire",
-    "storage",
-    "storage_engine",
-    "storage_lmdb",
-    "versioning",
+    "outcome",
+    "services.merkle_trees",
+    "storage.engine",
+    "storage.keys",
+    "storage.lmdb_engine",
+    "storage.store",
+    "ticks",
 )
 GROUP = "dynamostore"  # the shared library is the top-level module `dynamostore__mypyc`
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -55,6 +60,12 @@ SOURCE_TREES = ("dynamostore", "ring", "antientropy", "handoff")  # what type-ch
 # What activate() decided, for the node's log and /status.
 status = "not activated"
 active = False
+_root: Path | None = None  # the build in use, once activated
+
+
+def source_path(module: str) -> Path:
+    """The source file of a compiled module, given as a dotted path under the package (`kv.replica`)."""
+    return PACKAGE_DIR.joinpath(*module.split(".")).with_suffix(".py")
 
 
 def native_dir() -> Path:
@@ -71,7 +82,7 @@ def _digest(path: Path) -> str:
 
 
 def _sources() -> dict[str, str]:
-    return {name: _digest(PACKAGE_DIR / f"{name}.py") for name in MODULES}
+    return {name: _digest(source_path(name)) for name in MODULES}
 
 
 def check(root: Path | None = None) -> str | None:
@@ -92,13 +103,14 @@ def check(root: Path | None = None) -> str | None:
         return f"cannot read the sources: {exc}"
     changed = sorted(name for name in MODULES if recorded.get(name) != current[name])
     if changed:
-        return f"stale: {', '.join(f'{n}.py' for n in changed)} changed since the build"
+        return f"stale: {', '.join(n.replace('.', '/') + '.py' for n in changed)} changed since the build"
     return None
 
 
 def activate(package_path: list[str]) -> None:
-    """Put the compiled modules ahead of the sources when they are current (see the module docstring)."""
-    global status, active
+    """Put the compiled modules ahead of the sources when they are current (see the module docstring).
+    Called by `dynamostore/__init__.py`; each subpackage then calls `extend` for its own `__path__`."""
+    global status, active, _root
     if os.environ.get("DYNAMOSTORE_PURE", "") not in ("", "0"):
         status = "off (DYNAMOSTORE_PURE is set)"
         return
@@ -112,6 +124,18 @@ def activate(package_path: list[str]) -> None:
         sys.path.append(str(root / "lib"))
     status = f"on ({len(MODULES)} modules compiled with mypyc)"
     active = True
+    _root = root
+
+
+def extend(package_path: list[str], package: str) -> None:
+    """A subpackage's compiled modules go ahead of its sources, when `activate` turned them on. (A directory
+    of the build without an `__init__.py` never shadows the source package itself: a regular package found
+    later on the parent's path wins over a namespace portion.)"""
+    if not active or _root is None:
+        return
+    compiled = _root.joinpath(*package.split("."))
+    if compiled.is_dir() and str(compiled) not in package_path:
+        package_path.insert(0, str(compiled))
 
 
 # --- building ------------------------------------------------------------------------------------------
@@ -138,8 +162,9 @@ def build(force: bool = False, quiet: bool = False) -> Path:
         for tree in SOURCE_TREES:
             if (src_root / tree).is_dir():
                 shutil.copytree(src_root / tree, work / tree, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
-        digests = {name: _digest(work / "dynamostore" / f"{name}.py") for name in MODULES}
-        paths = [f"dynamostore/{name}.py" for name in MODULES]
+        files = {name: Path("dynamostore", *name.split(".")).with_suffix(".py") for name in MODULES}
+        digests = {name: _digest(work / files[name]) for name in MODULES}
+        paths = [str(files[name]) for name in MODULES]
         if not quiet:
             print(f"dynamostore.native: compiling {len(MODULES)} modules with mypyc (a minute or two)...")
         proc = subprocess.run([sys.executable, "-c", _SETUP.format(paths=paths, group=GROUP)], cwd=work,
@@ -148,16 +173,18 @@ def build(force: bool = False, quiet: bool = False) -> Path:
             raise BuildError(f"mypyc failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
         staging = Path(tempfile.mkdtemp(prefix=".native-", dir=root.parent))
         try:
-            (staging / "dynamostore").mkdir()
             (staging / "lib").mkdir()
             for lib in work.glob(f"{GROUP}__mypyc.*"):
                 shutil.copy2(lib, staging / "lib" / lib.name)
             for name in MODULES:
-                shims = list((work / "dynamostore").glob(f"{name}.*.so")) + list(
-                    (work / "dynamostore").glob(f"{name}.*.pyd"))
+                folder = (work / files[name]).parent
+                stem = files[name].stem
+                shims = list(folder.glob(f"{stem}.*.so")) + list(folder.glob(f"{stem}.*.pyd"))
                 if not shims:
                     raise BuildError(f"mypyc produced no extension for dynamostore.{name}")
-                shutil.copy2(shims[0], staging / "dynamostore" / shims[0].name)
+                dest = staging / files[name].parent
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(shims[0], dest / shims[0].name)
             (staging / "manifest.json").write_text(json.dumps({"tag": _tag(), "modules": digests}, indent=1))
             old = root.with_name(root.name + ".old")
             shutil.rmtree(old, ignore_errors=True)

@@ -16,20 +16,20 @@ from typing import Any
 from prometheus_client.core import Metric
 
 from dynamostore import native
-from dynamostore import versioning as v
-from dynamostore.antientropy_worker import AntiEntropyWorker
+from dynamostore.kv import versioning as v
+from dynamostore.services.antientropy import AntiEntropyWorker
 from dynamostore.config import NodeConfig
-from dynamostore.coordinator import Coordinator, ForwardError, Unavailable, WriteOptions
-from dynamostore.handoff_worker import HandoffWorker
-from dynamostore.http_server import HttpServer
-from dynamostore.membership_node import MembershipService
-from dynamostore.transfer_worker import TransferWorker
-from dynamostore.liveness import Detector, Heartbeater
+from dynamostore.kv.coordinator import Coordinator, ForwardError, Unavailable, WriteOptions
+from dynamostore.services.handoff import HandoffWorker
+from dynamostore.api.server import HttpServer
+from dynamostore.cluster.membership import MembershipService
+from dynamostore.services.transfer import TransferWorker
+from dynamostore.cluster.liveness import Detector, Heartbeater
 from dynamostore.metrics import NodeMetrics, gauge
-from dynamostore.replica import LocalReplica, SiblingLimitError
-from dynamostore.rpc import RpcClient, RpcRemoteError, RpcRouter, RpcServer, RpcTimeout, RpcUnavailable
-from dynamostore.rpc_client import Then, then_from
-from dynamostore.storage import Storage
+from dynamostore.kv.replica import LocalReplica, SiblingLimitError
+from dynamostore.net.rpc import RpcClient, RpcRemoteError, RpcRouter, RpcServer, RpcTimeout, RpcUnavailable
+from dynamostore.outcome import Then, then_from
+from dynamostore.storage.store import Storage
 from ring.membership import MembershipState, pending_write_targets
 from ring.placement import Ring, initial_ring
 
@@ -226,7 +226,7 @@ class Node:
         await self.rpc_server.start()
         self.heartbeater.start()
         self.metrics.add_gauges(self._gauges)
-        from dynamostore.http_api import build_server  # the HTTP layer depends on the node, not the reverse
+        from dynamostore.api.routes import build_server  # the HTTP layer depends on the node, not the reverse
 
         self.http_runner = build_server(self)
         await self.http_runner.start(me.http_host, me.http_port, reuse_address=True)

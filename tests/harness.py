@@ -19,7 +19,7 @@ import aiohttp
 import tomli_w
 
 from tests.history import History, Report, values_of
-from dynamostore.localcluster import RPC_PORT_OFFSET, free_base_port, write_cluster_file
+from dynamostore.cli.localcluster import RPC_PORT_OFFSET, free_base_port, write_cluster_file
 
 
 STRICT_ALL = {"X-Read-Quorum": "all", "X-Sloppy-Quorum": "false", "Accept": "application/json"}

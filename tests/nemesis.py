@@ -8,7 +8,7 @@ Two halves:
   say how available the cluster was during the faults. `heal_all` undoes whatever is still in force.
 
 - Network partitions: the cluster runs with one loopback address per node (`own_addresses`) inside a
-  network namespace the test made (tests/test_faults.py re-runs itself under `ip netns exec`), and the
+  network namespace the test made (tests/system/test_faults.py re-runs itself under `ip netns exec`), and the
   nemesis cuts every path between the fault's nodes and the rest with iptables DROP rules in that
   namespace (both directions), then deletes exactly those rules to heal. Clients (the test process, on
   127.0.0.1) still reach every node, as in Jepsen: each side of the split keeps taking requests.

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dynamostore.config import ConfigError, NodeSettings, load_cluster_file, load_node_config, parse_settings, read_toml
-from dynamostore.localcluster import write_cluster_file
+from dynamostore.cli.localcluster import write_cluster_file
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 

@@ -22,6 +22,7 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("DYNAMOSTORE_PURE", raising=False)
     monkeypatch.setattr(native, "status", "not activated")
     monkeypatch.setattr(native, "active", False)
+    monkeypatch.setattr(native, "_root", None)
     return tmp_path / "native"
 
 
@@ -46,13 +47,29 @@ def test_current_build_goes_first_on_the_package_path(root: Path, monkeypatch: p
 
 def test_a_changed_source_makes_the_whole_build_stale(root: Path) -> None:
     digests = native._sources()
-    digests["quorum"] = "0" * 64
+    digests["kv.quorum"] = "0" * 64
     _manifest(root, digests)
     path = ["/src/dynamostore"]
     native.activate(path)
     assert path == ["/src/dynamostore"]
     assert not native.active
-    assert native.status == "stale: quorum.py changed since the build"
+    assert native.status == "stale: kv/quorum.py changed since the build"
+
+
+def test_subpackages_put_their_compiled_modules_first_only_when_active(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (root / "dynamostore" / "kv").mkdir(parents=True)
+    sub = ["/src/dynamostore/kv"]
+    native.extend(sub, "dynamostore.kv")
+    assert sub == ["/src/dynamostore/kv"]  # nothing activated yet
+    _manifest(root, native._sources())
+    monkeypatch.setattr("sys.path", ["/x"])
+    native.activate(["/src/dynamostore"])
+    native.extend(sub, "dynamostore.kv")
+    assert sub == [str(root / "dynamostore" / "kv"), "/src/dynamostore/kv"]
+    native.extend(sub, "dynamostore.kv")  # idempotent
+    assert len(sub) == 2
 
 
 def test_another_interpreter_build_is_not_used(root: Path) -> None:
@@ -81,7 +98,7 @@ def test_compiled_modules_never_reuse_an_except_name_for_another_type() -> None:
     handler fail with a TypeError when compiled. The compiled modules use one name per exception type."""
     reused = []
     for name in native.MODULES:
-        tree = ast.parse((native.PACKAGE_DIR / f"{name}.py").read_text())
+        tree = ast.parse(native.source_path(name).read_text())
         for fn in ast.walk(tree):
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue

@@ -1,0 +1,35 @@
+"""`dynamostore status`: an operator's view of one node (members, liveness, hints)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from typing import Any
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with urllib.request.urlopen(f"{args.url.rstrip('/')}/status", timeout=5) as r:
+            doc: dict[str, Any] = json.loads(r.read())
+    except OSError as exc:
+        print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    ring = doc["ring"]
+    console.print(f"[bold]{doc['node']}[/bold]  ring epoch {ring['epoch']}, Q={ring['partitions']}, N={ring['n_val']}")
+    t = Table("member", "http", "status", "up (this node's view)", "hints held here")
+    pending = doc.get("handoff", {}).get("pending", {})
+    for m in doc["members"]:
+        live = m["liveness"]
+        t.add_row(m["id"], m["http"], m["status"], "yes" if live.get("up") else "[red]no[/red]",
+                  str(pending.get(m["id"], 0)))
+    console.print(t)
+    return 0

@@ -1,0 +1,297 @@
+"""The local replica: what one node does with its own copy of keys (the vnode of riak_kv, for all partitions).
+
+Every state change is a read-modify-write run inside the storage writer thread, so concurrent requests for
+one key on one node serialise without locks on the event loop. Three kinds of change:
+
+- `coordinate`: a client write this node coordinates; it mints the write's dot.
+- `merge`: a replica copy (or a repair, a handoff, an anti-entropy fix) merged in with causality.
+- hints: copies held for a down primary, kept in the separate "hints" namespace until handed off.
+
+Actor epochs. A dot (actor, n) must name exactly one write: if two writes ever shared a dot, a merge would
+keep one and silently drop the other. Continuing an actor at n+1 is safe only in the very copy that minted
+(actor, n) and has held the key ever since. A node holds several copies of one key over time and at once:
+its data record, a hint record per down primary it stands in for, and records that are deleted (handed
+off, reaped) and later re-created by a merge from a stale replica. Seeing its own actor in a copy therefore
+proves nothing (the fault tests caught exactly that: a dot minted in one hint record reached another hint
+record of the same node through replication, and was minted again there). So each stored copy records the
+actor it minted with (`VersionSet.local_actor`, local bookkeeping that merges never import), and the node
+continues that actor only there, and only if the client's context is not ahead of it; otherwise it starts
+a new actor `<node>.<epoch>` from a durably reserved, never reused epoch counter (as Riak 2.0 does against
+"key amnesia").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from dynamostore.kv import versioning as v
+from dynamostore.storage.store import Namespace, Storage
+from dynamostore.storage.keys import data_key, split_data_key
+from ring.hashing import locate
+
+log = logging.getLogger(__name__)
+
+EPOCH_KEY = b"actor_epoch_reserved"
+EPOCH_BLOCK = 1_000_000_000
+
+ChangeHook = Callable[[int, int, bytes, "bytes | None", "bytes | None"], None]
+
+
+class SiblingLimitError(Exception):
+    """A write would leave more siblings than the configured cap."""
+
+
+class KeyRef:
+    """A user key with its placement computed once: partition, Merkle segment and storage key. Read-only by
+    convention; a plain class because one is made per request (compiled, a frozen dataclass's generated
+    __init__ stays interpreted)."""
+
+    __slots__ = ("key", "partition", "segment", "skey")
+
+    def __init__(self, key: bytes, partition: int, segment: int, skey: bytes) -> None:
+        self.key = key
+        self.partition = partition
+        self.segment = segment
+        self.skey = skey
+
+    @classmethod
+    def of(cls, key: bytes, partitions: int, segments: int) -> KeyRef:
+        p, s = locate(key, partitions, segments)
+        return cls(key, p, s, data_key(p, s, key))
+
+
+def hint_key(target: str, skey: bytes) -> bytes:
+    return target.encode() + b"\x00" + skey
+
+
+def hint_prefix(target: str) -> bytes:
+    return target.encode() + b"\x00"
+
+
+def split_hint_key(hkey: bytes) -> tuple[str, bytes]:
+    target, _, skey = hkey.partition(b"\x00")
+    return target.decode(), skey
+
+
+class EpochAllocator:
+    """Hands out fresh actor epochs; blocks of them are reserved durably so a restart never reuses one."""
+
+    def __init__(self, start: int, reserved_until: int) -> None:
+        self.next = start
+        self.reserved_until = reserved_until
+
+    def take(self) -> int:
+        if self.next >= self.reserved_until:  # pragma: no cover - a billion fresh keys in one process lifetime
+            raise RuntimeError("actor epoch block exhausted; restart the node to reserve another")
+        e = self.next
+        self.next += 1
+        return e
+
+
+class LocalReplica:
+    def __init__(
+        self,
+        node_id: str,
+        storage: Storage,
+        epochs: EpochAllocator,
+        *,
+        partitions: int,
+        segments: int,
+        max_siblings: int,
+        warn_siblings: int,
+    ) -> None:
+        self.node_id = node_id
+        self.storage = storage
+        self.epochs = epochs
+        self.partitions = partitions
+        self.segments = segments
+        self.max_siblings = max_siblings
+        self.warn_siblings = warn_siblings
+        self.on_change: ChangeHook | None = None  # the Merkle trees subscribe here
+        self.on_new_hint: Callable[[str], None] | None = None  # the handoff worker counts pending hints
+
+    @classmethod
+    async def open(cls, node_id: str, storage: Storage, **kw: int) -> LocalReplica:
+        raw = await storage.get("meta", EPOCH_KEY)
+        start = int(raw) if raw else 1
+        await storage.put("meta", EPOCH_KEY, str(start + EPOCH_BLOCK).encode(), durable=True)
+        return cls(node_id, storage, EpochAllocator(start, start + EPOCH_BLOCK), **kw)
+
+    def ref(self, key: bytes) -> KeyRef:
+        return KeyRef.of(key, self.partitions, self.segments)
+
+    def _actor_for(self, current: v.VersionSet | None, context: v.Clock) -> str:
+        """The actor of the next dot: this copy's own actor if it has one, else a fresh one (module doc)."""
+        if current is not None and current.local_actor is not None:
+            actor = current.local_actor
+            if context.get(actor, 0) <= current.clock.get(actor, 0):
+                return actor
+        return f"{self.node_id}.{self.epochs.take():x}"
+
+    def _notify(self, ref: KeyRef, old: bytes | None, new: bytes | None) -> None:
+        if self.on_change is not None and old != new:
+            self.on_change(ref.partition, ref.segment, ref.key, old, new)
+
+    # --- reads ---------------------------------------------------------------------------------------
+
+    async def get(self, ref: KeyRef, hint_for: str | None = None) -> v.VersionSet | None:
+        raw = await self.read(ref, hint_for)
+        return v.decode(raw) if raw is not None else None
+
+    async def read(self, ref: KeyRef, hint_for: str | None = None) -> bytes | None:
+        """This copy's causal encoding (`versioning.causal`): what a read compares and sends."""
+        skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
+        raw = await self.storage.get("data" if hint_for is None else "hints", skey)
+        return v.causal(raw) if raw is not None else None
+
+    @property
+    def reads_on_loop(self) -> bool:
+        """Whether `read_now` may be used: the engine's point reads are a few microseconds (LMDB)."""
+        return self.storage.reads_on_loop
+
+    def read_now(self, ref: KeyRef, hint_for: str | None = None) -> bytes | None:
+        """`read` without a coroutine, when `reads_on_loop` (the read hot path of the coordinator and of kv.get)."""
+        skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
+        raw = self.storage.get_nowait("data" if hint_for is None else "hints", skey)
+        return v.causal(raw) if raw is not None else None
+
+    # --- writes --------------------------------------------------------------------------------------
+
+    async def coordinate(
+        self,
+        ref: KeyRef,
+        context: v.Clock,
+        value: bytes | None,
+        content_type: str,
+        *,
+        durable: bool,
+        hint_for: str | None = None,
+    ) -> v.VersionSet:
+        """Apply a client write here as its coordinator; returns the new state to replicate."""
+        state, _ = await self.coordinate_then(ref, context, value, content_type, durable=durable, hint_for=hint_for)
+        return state
+
+    def coordinate_then(
+        self,
+        ref: KeyRef,
+        context: v.Clock,
+        value: bytes | None,
+        content_type: str,
+        *,
+        durable: bool,
+        hint_for: str | None = None,
+        committed: Callable[[v.VersionSet, bytes, bytes | None], None] | None = None,
+    ) -> asyncio.Future[tuple[v.VersionSet, bytes]]:
+        """`coordinate`, as the storage op's future of (new state, its causal encoding: what replicas are sent).
+
+        `committed(state, encoding, replaced)` runs the moment the write is committed, before the future
+        resolves (and before the fsync a durable write waits for): the coordinator sends to the replicas from
+        there, in the same loop pass, instead of in a task step after it. `replaced` is the digest of the
+        state the write replaced here (None: there was none); a replica holding that very state can store
+        the write as it comes (`merge`'s `replaces`)."""
+        now_ms = int(time.time() * 1000)
+
+        digests: list[bytes | None] = [None, None]  # (old, new), for the Merkle hook
+
+        def apply(raw: bytes | None) -> tuple[bytes | None, tuple[v.VersionSet, bytes]]:
+            cur = v.decode(raw) if raw is not None else None
+            actor = self._actor_for(cur, context)
+            new = v.update(cur, context, actor, value, content_type, now_ms)
+            new = v.VersionSet(new.clock, new.siblings, actor)
+            if len(new.siblings) > self.max_siblings:
+                raise SiblingLimitError(
+                    f"key would have {len(new.siblings)} siblings, more than the limit of {self.max_siblings}; "
+                    "read the key and write back with its X-Context to resolve them"
+                )
+            wire = v.encode(new, local=False)
+            digests[0], digests[1] = v.digest_raw(raw), v.digest_wire(wire)
+            return v.with_local(wire, actor), (new, wire)
+
+        merkle = self._hook(ref, hint_for, digests)
+
+        def on_commit(result: tuple[v.VersionSet, bytes]) -> None:
+            merkle(result)
+            new, wire = result
+            if len(new.siblings) >= self.warn_siblings:
+                log.warning("key %r has %d siblings (limit %d)", ref.key, len(new.siblings), self.max_siblings)
+            if committed is not None:
+                committed(new, wire, digests[0])
+
+        ns: Namespace = "data" if hint_for is None else "hints"
+        skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
+        return self.storage.update(ns, skey, apply, durable=durable, on_commit=on_commit)
+
+    def merge(
+        self, ref: KeyRef, incoming: v.VersionSet, *, durable: bool, hint_for: str | None = None,
+        wire: bytes | None = None, replaces: bytes | None = None,
+    ) -> asyncio.Future[bool]:
+        """Merge a copy in with causality; the future says whether the stored state changed.
+
+        `wire` is `incoming` as it was received (its causal encoding), if at hand: when the incoming copy
+        supersedes this one, as a coordinator's write usually does, it is stored as received, without
+        building the merge or encoding it again. `replaces`, from a coordinator, is the digest of the state
+        its write replaced: when this copy has that digest, it is that state, which the write supersedes by
+        construction (`update` keeps or drops its siblings and adds a newer dot), so it is not even decoded.
+        That is the coordinator's word, taken from a peer that holds the cluster secret; the incoming bytes
+        themselves are still checked (decoded by the caller, and canonical here).
+
+        The storage op's own future, not a coroutine: replicas answer kv.put straight from the commit, without
+        a task or a chained future."""
+
+        digests: list[bytes | None] = [None, None]  # (old, new), for the Merkle hook
+        as_received = wire if wire is not None and wire[:1] == b"\x92" and v.canonical(incoming) else None
+
+        def apply(raw: bytes | None) -> tuple[bytes | None, bool]:
+            old_digest: bytes | None = None
+            if raw is not None and as_received is not None and replaces is not None:
+                old_wire, actor = v.split_local(raw)
+                old_digest = v.digest_wire(old_wire)
+                if old_digest == replaces and (actor is None or isinstance(actor, str)):
+                    # this copy is the state the coordinator's write replaced: the write supersedes it
+                    new_digest = v.digest_wire(as_received)
+                    digests[0], digests[1] = old_digest, new_digest
+                    if old_digest == new_digest:
+                        return raw, False
+                    return v.with_local(as_received, actor), True
+            if old_digest is None:  # not taken above: the stored copy is hashed once either way
+                old_digest = v.digest_raw(raw)
+            cur = v.decode(raw) if raw is not None else None
+            if as_received is not None and (cur is None or v.supersedes(incoming, cur)):
+                new_digest = v.digest_wire(as_received)
+                digests[0], digests[1] = old_digest, new_digest
+                if old_digest == new_digest:
+                    return raw, False
+                return v.with_local(as_received, cur.local_actor if cur is not None else None), True
+            # the copy keeps its own actor bookkeeping; whatever the incoming copy minted stays its own
+            synced = v.sync(cur, incoming)
+            merged = v.VersionSet(synced.clock, synced.siblings, cur.local_actor if cur is not None else None)
+            if cur is not None and v.same_version(cur, merged):
+                digests[0] = digests[1] = old_digest
+                return raw, False
+            wire = v.encode(merged, local=False)
+            digests[0], digests[1] = old_digest, v.digest_wire(wire)
+            return v.with_local(wire, merged.local_actor), True
+
+        ns: Namespace = "data" if hint_for is None else "hints"
+        skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
+        return self.storage.update(ns, skey, apply, durable=durable, on_commit=self._hook(ref, hint_for, digests))
+
+    def _hook(self, ref: KeyRef, hint_for: str | None, digests: list[bytes | None]) -> Callable[[object], None]:
+        """What follows a committed change, once `apply` has filled `digests` with (old, new): the Merkle trees
+        hear of it, or the new hint is counted. Storage runs it right after the commit, even if the caller
+        stopped waiting (a client that went away), so the trees always match what is stored."""
+        if hint_for is None:
+            return lambda _: self._notify(ref, digests[0], digests[1])
+        return lambda _: self._hinted(hint_for, digests[0])
+
+    def _hinted(self, target: str, old_digest: bytes | None) -> None:
+        if old_digest is None and self.on_new_hint is not None:
+            self.on_new_hint(target)
+
+    def merge_raw(self, skey: bytes, incoming: v.VersionSet, *, durable: bool = False) -> asyncio.Future[bool]:
+        """Merge by storage key (handoff and anti-entropy deal in storage keys)."""
+        p, s, key = split_data_key(skey)
+        return self.merge(KeyRef(key, p, s, skey), incoming, durable=durable)

@@ -1,0 +1,149 @@
+"""Ownership transfer: streaming partitions to their new owner after a committed membership change.
+
+Receiver-driven: for every pending transfer whose target is this node, pull each of its streams
+(`handoff.transfer.plan_transfer`) from the stream's source in throttled batches (`transfer.fetch`), merge
+every record in with causality, and persist the cursor after each batch so a crash of either side resumes
+where it stopped. When every stream is done, propose `TransferDone` through Raft; ownership moves (and
+this node starts serving reads for the partition) only when that entry is applied. Writes made during the
+move reach the new owner too (the coordinator adds it as an extra target), so nothing written mid-stream
+is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import Metric
+
+from dynamostore.kv import versioning as v
+from dynamostore.config import TransferSettings
+from dynamostore.metrics import gauge
+from dynamostore.net.rpc import RpcRemoteError
+from dynamostore.storage.keys import partition_prefix
+from handoff.transfer import (
+    BatchPolicy,
+    Cursor,
+    Throttle,
+    TransferPlan,
+    cursor_key,
+    decode_cursor,
+    done_command,
+    encode_cursor,
+    incoming,
+    resume,
+    start_after,
+    still_pending,
+    transfer_complete,
+)
+from ring.membership import MembershipState, Transfer
+
+if TYPE_CHECKING:
+    from dynamostore.node import Node
+
+log = logging.getLogger(__name__)
+
+
+class TransferWorker:
+    def __init__(self, node: Node, settings: TransferSettings) -> None:
+        self.node = node
+        self.settings = settings
+        self.policy = BatchPolicy(max_keys=settings.batch_keys)
+        self.throttle = Throttle(float(settings.keys_per_sec), float(max(settings.keys_per_sec, settings.batch_keys)))
+        self.active: dict[Transfer, asyncio.Task[None]] = {}
+        self.keys_received = 0
+        self.done: list[dict[str, Any]] = []
+        self._proposed: set[tuple[int, Transfer]] = set()  # done and committed; the local apply may lag
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.node.router.register("transfer.fetch", self._rpc_fetch)
+        self._task = asyncio.create_task(self._run(), name="transfers")
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._task, *self.active.values()] if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def ring_changed(self, state: MembershipState) -> None:
+        self._kick.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._kick.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+            self._kick.clear()
+            state = self.node.membership_state
+            if state is None or not state.transfers:
+                continue
+            for tp in incoming(state, self.node.node_id):
+                if tp.transfer not in self.active and (tp.plan_epoch, tp.transfer) not in self._proposed:
+                    task = asyncio.create_task(self._receive(tp), name=f"transfer-{tp.transfer.partition}")
+                    self.active[tp.transfer] = task
+                    task.add_done_callback(functools.partial(self._finished, tp.transfer))
+
+    def _finished(self, key: Transfer, task: asyncio.Task[None]) -> None:
+        self.active.pop(key, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("transfer of partition %d failed: %r; retrying", key.partition, task.exception())
+        self._kick.set()
+
+    async def _receive(self, tp: TransferPlan) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        cursors: dict[int, Cursor] = {}
+        for stream in tp.streams:
+            ckey = cursor_key(tp, stream)
+            saved = await self.node.storage.get("meta", ckey)
+            c = resume(tp, stream, decode_cursor(saved) if saved else None)
+            while not c.done:
+                state = self.node.membership_state
+                if state is None or not still_pending(state, tp):
+                    return  # the plan moved on (the change completed elsewhere or was superseded)
+                self.throttle, grant = self.throttle.take(self.policy.max_keys, loop.time())
+                if grant == 0:
+                    await asyncio.sleep(self.throttle.wait_time(self.policy.max_keys, loop.time()))
+                    continue
+                rows = await self.node.call(stream.source, "transfer.fetch",
+                                            [stream.key_partition, start_after(c), grant], 30.0)
+                await asyncio.gather(*(self.node.replica.merge_raw(bytes(k), v.decode(bytes(raw))) for k, raw in rows))
+                if rows:
+                    c = c.advance(bytes(rows[-1][0]), len(rows))
+                    self.keys_received += len(rows)
+                if len(rows) < grant:
+                    c = c.finish()
+                await self.node.storage.put("meta", ckey, encode_cursor(c), durable=True)
+            cursors[stream.key_partition] = c
+        if not transfer_complete(tp, cursors):
+            return
+        res = await self.node.membership.propose(done_command(tp), timeout=30.0)
+        self._proposed.add((tp.plan_epoch, tp.transfer))
+        keys = sum(c.keys for c in cursors.values())
+        self.done.append({"partition": tp.transfer.partition, "source": tp.transfer.source, "keys": keys,
+                          "seconds": round(loop.time() - started, 3), "committed": res.ok, "reason": res.reason})
+        log.info("transfer of partition %d from %s done: %d keys in %.2fs (%s)", tp.transfer.partition,
+                 tp.transfer.source, keys, loop.time() - started, "committed" if res.ok else res.reason)
+
+    async def _rpc_fetch(self, payload: Any, peer: str) -> Any:
+        try:
+            kp, after, limit = payload
+            kp, limit = int(kp), min(int(limit), 10_000)
+            after = None if after is None else bytes(after)
+        except (TypeError, ValueError) as exc:
+            raise RpcRemoteError("bad_request", f"transfer.fetch payload: {exc}") from exc
+        rows = await self.node.storage.scan("data", partition_prefix(kp), start_after=after, limit=limit)
+        return [[k, raw] for k, raw in rows]
+
+    def status(self) -> dict[str, Any]:
+        return {"transfers": {"receiving": sorted(t.partition for t in self.active),
+                              "keys_received": self.keys_received, "completed": self.done[-20:]}}
+
+    def gauges(self) -> Iterable[Metric]:
+        yield gauge("dynamostore_transfer_keys_received", "Keys received by ownership transfers", float(self.keys_received))
