@@ -33,6 +33,8 @@ MODULES = (
     "api.routes",
     "api.server",
     "cluster.liveness",
+    "cluster.peers",
+    "cluster.state",
     "kv.context",
     "kv.coordinator",
     "kv.quorum",

@@ -1,8 +1,14 @@
-"""One dynamostore node process: wires storage, replica, RPC, liveness, coordinators and the HTTP API.
+"""One dynamostore node process: the composition root.
+
+`Node` builds every part and hands each the narrow views it needs (`dynamostore.views`): storage and the
+local replica, the RPC client and server, the failure detector (`cluster.liveness`) and peer calls
+(`cluster.peers`), the cluster state (`cluster.state`), the coordinator (`kv.coordinator`, which sees this
+node as its `ClusterView`), the membership service (`cluster.membership`), the background services
+(`services/`), and the HTTP API (`api/`). No service holds the node.
 
 `Node.start()` brings the parts up in dependency order; `Node.stop()` takes them down in reverse, letting
-in-flight writes drain into storage. Background work (heartbeats, hinted handoff, anti-entropy, read repair)
-runs as supervised tasks: `spawn` keeps a reference and logs any error instead of letting it vanish.
+in-flight writes drain into storage. Background work runs as supervised tasks (`runtime.Supervisor`): a
+reference is kept and any error is logged instead of vanishing.
 """
 
 from __future__ import annotations
@@ -10,27 +16,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from prometheus_client.core import Metric
 
 from dynamostore import native
-from dynamostore.kv import versioning as v
-from dynamostore.services.antientropy import AntiEntropyWorker
-from dynamostore.config import NodeConfig
-from dynamostore.kv.coordinator import Coordinator, ForwardError, Unavailable, WriteOptions
-from dynamostore.services.handoff import HandoffWorker
+from dynamostore.api.admin import AdminApi
+from dynamostore.api.kv import KvApi
+from dynamostore.api.openapi import spec
+from dynamostore.api.ops import OpsApi
+from dynamostore.api.routes import build_server
 from dynamostore.api.server import HttpServer
-from dynamostore.cluster.membership import MembershipService
-from dynamostore.services.transfer import TransferWorker
 from dynamostore.cluster.liveness import Detector, Heartbeater
-from dynamostore.metrics import NodeMetrics, gauge
+from dynamostore.cluster.membership import MembershipService
+from dynamostore.cluster.peers import LivenessView, PeerCalls
+from dynamostore.cluster.state import ClusterState
+from dynamostore.config import NodeConfig
+from dynamostore.kv import versioning as v
+from dynamostore.kv.context import ContextCodec
+from dynamostore.kv.coordinator import Coordinator, ForwardError, Unavailable, WriteOptions
 from dynamostore.kv.replica import LocalReplica, SiblingLimitError
-from dynamostore.net.rpc import RpcClient, RpcRemoteError, RpcRouter, RpcServer, RpcTimeout, RpcUnavailable
-from dynamostore.outcome import Then, then_from
+from dynamostore.metrics import NodeMetrics, gauge
+from dynamostore.net.rpc import RpcClient, RpcRemoteError, RpcRouter, RpcServer, RpcUnavailable
+from dynamostore.outcome import Then
+from dynamostore.runtime import LoopClock, Supervisor
+from dynamostore.services.antientropy import AntiEntropyService
+from dynamostore.services.handoff import HandoffService
+from dynamostore.services.transfer import TransferService
 from dynamostore.storage.store import Storage
-from ring.membership import MembershipState, pending_write_targets
+from dynamostore.views import Service
+from ring.membership import MemberInfo, MembershipState, pending_write_targets
 from ring.placement import Ring, initial_ring
 
 log = logging.getLogger(__name__)
@@ -40,73 +56,72 @@ def _bad(msg: str) -> RpcRemoteError:
     return RpcRemoteError("bad_request", msg)
 
 
+def _info(m: Any) -> MemberInfo:
+    return MemberInfo(m.id, m.http_host, m.http_port, m.rpc_host, m.rpc_port)
+
+
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.node_id = config.node_id
-        self.n_val = config.cluster.n_val
-        self.repair_wait = config.file.quorum.repair_wait_ms / 1000
-        self.replica_timeout = config.file.quorum.replica_timeout_ms / 1000
-        self.read_all = config.file.quorum.read_all
-        # addresses of every member; replaced by the replicated membership as it changes
-        self.members: dict[str, Any] = {m.id: m for m in config.cluster.members}
-        self.members[self.node_id] = config.me
+        q = config.file.quorum
+        self.repair_wait = q.repair_wait_ms / 1000
+        self.replica_timeout = q.replica_timeout_ms / 1000
+        self.read_all = q.read_all
+        # the address book: every member of the cluster file, and this node (a joiner is not in the file);
+        # replaced by the replicated membership as it changes
+        addresses = {m.id: _info(m) for m in config.cluster.members}
+        addresses[self.node_id] = _info(config.me)
         founders = [m.id for m in config.cluster.members]
-        self._ring: Ring | None = initial_ring(founders, config.cluster.partitions) if config.founder else None
-        self.ring_epoch = 1 if config.founder else 0
-        self.membership_state: MembershipState | None = None
+        ring = initial_ring(founders, config.cluster.partitions) if config.founder else None
+        self.cluster = ClusterState(self.node_id, addresses, ring, config.cluster.n_val, 1 if config.founder else 0)
         self.metrics = NodeMetrics(self.node_id)
         self.started_at = time.time()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.clock = LoopClock()
+        self.tasks = Supervisor()
         self._catching_up = False
         self.stop_step = ""
-        self.storage: Storage
-        self.replica: LocalReplica
-        self.coordinator: Coordinator
         bind = config.me.rpc_host
         self.rpc_client = RpcClient(self.node_id, config.secret, connect_timeout=0.5,
                                     local_host=None if bind in ("0.0.0.0", "::", "127.0.0.1", "localhost") else bind)
         self.router = RpcRouter()
         self.rpc_server: RpcServer | None = None
-        self.detector: Detector
-        self.heartbeater: Heartbeater
         self.http_runner: HttpServer | None = None
-        self.services: list[Any] = []  # background workers with start()/stop()/status()/gauges()/peer_up()
-        self.handoff: HandoffWorker
-        self.antientropy: AntiEntropyWorker
+        self.services: list[Service] = []
+        # built in start(), in this order
+        self.storage: Storage
+        self.replica: LocalReplica
+        self.detector: Detector
+        self.liveness: LivenessView
+        self.peers: PeerCalls
+        self.heartbeater: Heartbeater
+        self.coordinator: Coordinator
         self.membership: MembershipService
-        self.transfers: TransferWorker
+        self.handoff: HandoffService
+        self.antientropy: AntiEntropyService
+        self.transfers: TransferService
 
-    # --- ClusterView (what the coordinator needs) ------------------------------------------------------
+    # --- ClusterView (what the coordinator sees of its node) -------------------------------------------
 
     @property
     def ring(self) -> Ring:
-        if self._ring is None:
+        ring = self.cluster.ring
+        if ring is None:
             raise Unavailable(f"{self.node_id} is not a member of the cluster yet (waiting to join)")
-        return self._ring
+        return ring
+
+    @property
+    def n_val(self) -> int:
+        return self.cluster.n_val
+
+    @property
+    def ring_epoch(self) -> int:
+        return self.cluster.epoch
 
     def extra_targets(self, partition: int) -> tuple[str, ...]:
         """New owners that must also receive writes for this key partition while it moves to them."""
-        st = self.membership_state
-        return pending_write_targets(st, partition) if st is not None and st.transfers else ()
-
-    def on_membership(self, state: MembershipState) -> None:
-        """Apply a new committed membership: ring, epoch, member addresses, peers to watch."""
-        loop = asyncio.get_running_loop()
-        self.membership_state = state
-        self._ring = state.ring
-        self.n_val = state.n_val
-        if state.epoch != self.ring_epoch:
-            log.info("ring epoch %d -> %d", self.ring_epoch, state.epoch)
-        self.ring_epoch = state.epoch
-        for mid, info in state.members.items():
-            self.members[mid] = info
-            if mid != self.node_id and self.detector.add_peer(mid, loop.time()):
-                self.heartbeater.watch(mid)
-        for s in self.services:
-            hook = getattr(s, "ring_changed", None)
-            if hook:
-                hook(state)
+        st = self.cluster.state
+        return pending_write_targets(st, partition) if st.transfers else ()
 
     def up_set(self) -> set[str]:
         return self.detector.up_set(self.node_id)
@@ -119,106 +134,90 @@ class Node:
         return self.handoff.may_hint(primary)
 
     async def call(self, node: str, method: str, payload: Any, timeout: float) -> Any:
-        m = self.members[node]
-        loop = asyncio.get_running_loop()
-        try:
-            res = await self.rpc_client.call((m.rpc_host, m.rpc_port), method, payload, timeout=timeout)
-        except RpcUnavailable:
-            self.detector.failure(node, loop.time(), "unavailable", hard=True)
-            self._count(method, "unavailable")
-            raise
-        except RpcTimeout:
-            self.detector.failure(node, loop.time(), "timeout", hard=False)
-            self._count(method, "timeout")
-            raise
-        except RpcRemoteError:
-            self.detector.success(node, loop.time())
-            self._count(method, "error")
-            raise
-        if self.detector.success(node, loop.time()):
-            self._peer_up(node)
-        self._count(method, "ok")
-        return res
+        return await self.peers.call(node, method, payload, timeout)
 
     def call_then(self, node: str, method: str, payload: Any, timeout: float, then: Then) -> None:
-        """`call` with its outcome handed to `then(result, exc)`: on an open connection without a future, a task
-        or a loop hop (the replica fan-out hot path)."""
-        m = self.members[node]
+        self.peers.call_then(node, method, payload, timeout, then)
 
-        def done(result: Any, exc: BaseException | None) -> None:
-            self._observe(node, method, exc)
-            then(result, exc)
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self.tasks.spawn(coro, name)
 
-        if not self.rpc_client.call_then((m.rpc_host, m.rpc_port), method, payload, timeout=timeout, then=done):
-            then_from(asyncio.ensure_future(self.call(node, method, payload, timeout)), then)  # call() observes
+    # --- wiring -----------------------------------------------------------------------------------------
 
-    def _count(self, method: str, outcome: str) -> None:
-        self.metrics.calls.count(method, outcome)
-
-    def _observe(self, node: str, method: str, exc: BaseException | None) -> None:
-        """Feed the outcome of a call made with call_then to the detector and the metrics."""
+    def _watch_members(self, state: MembershipState) -> None:
+        """A newly applied membership: start watching members this node had not heard of."""
         now = asyncio.get_running_loop().time()
-        if exc is None or isinstance(exc, RpcRemoteError):
-            if self.detector.success(node, now):
-                self._peer_up(node)
-            outcome = "ok" if exc is None else "error"
-        elif isinstance(exc, RpcUnavailable):
-            self.detector.failure(node, now, "unavailable", hard=True)
-            outcome = "unavailable"
-        else:
-            self.detector.failure(node, now, "timeout", hard=False)
-            outcome = "timeout"
-        self._count(method, outcome)
+        for mid in state.members:
+            if mid != self.node_id and self.detector.add_peer(mid, now):
+                self.heartbeater.watch(mid)
 
-    def spawn(self, coro: Awaitable[None], name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._reap)
+    def _known_nodes(self) -> list[str]:
+        return sorted(self.cluster.addresses)
 
-    def _reap(self, task: asyncio.Future[None]) -> None:
-        self._tasks.discard(task)  # type: ignore[arg-type]
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task failed", exc_info=task.exception())
+    def _hinted_delivered(self, target: str, n: int) -> None:
+        self.metrics.hints_delivered.labels(target).inc(n)
 
-    def _peer_up(self, peer: str) -> None:
-        for s in self.services:
-            hook = getattr(s, "peer_up", None)
-            if hook:
-                hook(peer)
+    async def _ping_member(self, m: MemberInfo) -> None:
+        await self.rpc_client.call((m.rpc_host, m.rpc_port), "ping", None, timeout=1.0)
+
+    def _delay(self, peer: str, seconds: float) -> bool:
+        if peer not in self.cluster.addresses:
+            return False
+        self.rpc_client.set_delay(self.peers.address(peer), seconds)
+        return True
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.config
         me = cfg.me
+        f = cfg.file
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = await Storage.open(cfg.data_dir / "store", map_size=cfg.file.storage.map_size_gb << 30)
+        self.storage = await Storage.open(cfg.data_dir / "store", map_size=f.storage.map_size_gb << 30)
         self.replica = await LocalReplica.open(
             self.node_id,
             self.storage,
             partitions=cfg.cluster.partitions,
-            segments=cfg.file.antientropy.segments,
-            max_siblings=cfg.file.limits.max_siblings,
-            warn_siblings=cfg.file.limits.warn_siblings,
+            segments=f.antientropy.segments,
+            max_siblings=f.limits.max_siblings,
+            warn_siblings=f.limits.warn_siblings,
         )
-        self.coordinator = Coordinator(self, self.replica)
-        self.handoff = HandoffWorker(self, cfg.file.handoff)
-        self.antientropy = AntiEntropyWorker(self, cfg.file.antientropy)
-        self.membership = MembershipService(self, cfg.file.raft)
-        self.transfers = TransferWorker(self, cfg.file.transfer)
-        # membership first: replaying its log sets the ring the others work with
-        self.services = [self.membership, self.handoff, self.antientropy, self.transfers]
         loop = asyncio.get_running_loop()
-        peers = [m for m in self.members if m != self.node_id]
-        det = cfg.file.detector
-        self.detector = Detector(peers, det.down_after_ms / 1000, loop.time())
+        det = f.detector
+        self.detector = Detector([m for m in self.cluster.addresses if m != self.node_id], det.down_after_ms / 1000,
+                                 loop.time())
+        self.liveness = LivenessView(self.detector, self.node_id)
+        self.peers = PeerCalls(self.rpc_client, self.cluster.addresses, self.detector, self.metrics.calls)
         self.heartbeater = Heartbeater(
             self.detector,
             self._probe,
             det.heartbeat_ms / 1000,
             is_hard=lambda e: isinstance(e, RpcUnavailable),
-            on_up=self._peer_up,
+            on_up=self.peers.peer_up,
         )
+        self.coordinator = Coordinator(self, self.replica)
+        self.membership = MembershipService(
+            f.raft, node_id=self.node_id, cluster=cfg.cluster, founder=cfg.founder, data_dir=cfg.data_dir,
+            peers=self.peers, methods=self.router, liveness=self.liveness, publish=self.cluster.apply,
+        )
+        self.handoff = HandoffService(
+            f.handoff, replica=self.replica, peers=self.peers, liveness=self.liveness, methods=self.router,
+            spawner=self.tasks, clock=self.clock, partitions=cfg.cluster.partitions, delivered=self._hinted_delivered,
+        )
+        self.antientropy = AntiEntropyService(
+            f.antientropy, placement=self.cluster, liveness=self.liveness, peers=self.peers, methods=self.router,
+            replica=self.replica, storage=self.storage, metrics=self.metrics, clock=self.clock,
+            nodes=self._known_nodes,
+        )
+        self.transfers = TransferService(
+            f.transfer, placement=self.cluster, replica=self.replica, peers=self.peers, methods=self.router,
+            propose=self.membership.propose, clock=self.clock,
+        )
+        # Who hears of what: a new membership (this node first: it watches new peers), a peer back up.
+        self.cluster.listeners += [self._watch_members, self.antientropy.ring_changed, self.transfers.ring_changed]
+        self.peers.on_up += [self.handoff.peer_up, self.antientropy.peer_up]
+        # membership first: replaying its log sets the ring the others work with
+        self.services = [self.membership, self.handoff, self.antientropy, self.transfers]
         self._register_rpc()
         for s in self.services:  # before the RPC server, so their methods are there for the first peer
             await s.start()
@@ -226,9 +225,13 @@ class Node:
         await self.rpc_server.start()
         self.heartbeater.start()
         self.metrics.add_gauges(self._gauges)
-        from dynamostore.api.routes import build_server  # the HTTP layer depends on the node, not the reverse
-
-        self.http_runner = build_server(self)
+        limits = f.limits
+        kv = KvApi(self.coordinator, ContextCodec(cfg.secret), f.quorum, limits, self.n_val)
+        ops = OpsApi(self.node_id, self.status, self.metrics,
+                     spec(self.n_val, limits.max_value_bytes, limits.max_key_bytes),
+                     self._delay if f.testing_faults else None)
+        admin = AdminApi(self.membership, self.liveness, self._ping_member)
+        self.http_runner = build_server(kv, ops, admin, self.metrics)
         await self.http_runner.start(me.http_host, me.http_port, reuse_address=True)
         log.info("node %s serving http://%s:%d (rpc %s:%d); compiled modules: %s", self.node_id, me.http_host,
                  me.http_port, me.rpc_host, me.rpc_port, native.status)
@@ -247,9 +250,7 @@ class Node:
             await s.stop()
         self.stop_step = "background tasks"
         await self.heartbeater.stop()
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tasks.stop()
         await self.rpc_client.close()
         self.stop_step = "storage"
         await self.storage.close()
@@ -257,8 +258,7 @@ class Node:
         log.info("node %s stopped", self.node_id)
 
     async def _probe(self, peer: str, timeout: float) -> None:
-        m = self.members[peer]
-        _, epoch = await self.rpc_client.call((m.rpc_host, m.rpc_port), "ping", self.ring_epoch, timeout=timeout)
+        _, epoch = await self.rpc_client.call(self.peers.address(peer), "ping", self.ring_epoch, timeout=timeout)
         self.saw_epoch(peer, int(epoch))
 
     def saw_epoch(self, peer: str, epoch: int) -> None:
@@ -267,7 +267,7 @@ class Node:
         if epoch > self.ring_epoch and not self._catching_up:
             log.info("%s is at ring epoch %d, this node at %d: catching up", peer, epoch, self.ring_epoch)
             self._catching_up = True
-            self.spawn(self._catch_up(), "catch-up")
+            self.tasks.spawn(self._catch_up(), "catch-up")
 
     async def _catch_up(self) -> None:
         try:
@@ -346,13 +346,13 @@ class Node:
         members = []
         view = self.detector.view(loop.time())
         st = self.membership.state
-        for mid, m in sorted(self.members.items()):
+        for mid, m in sorted(self.cluster.addresses.items()):
             status = st.members[mid].status.value if mid in st.members else "standby"
             entry: dict[str, Any] = {"id": mid, "http": f"{m.http_host}:{m.http_port}",
                                      "rpc": f"{m.rpc_host}:{m.rpc_port}", "status": status}
             entry["liveness"] = {"up": True, "self": True} if mid == self.node_id else view.get(mid, {"up": False})
             members.append(entry)
-        ring = self._ring
+        ring = self.cluster.ring
         out: dict[str, Any] = {
             "node": self.node_id,
             "uptime_s": round(time.time() - self.started_at, 1),
@@ -374,7 +374,7 @@ class Node:
 
     def _gauges(self) -> Iterable[Metric]:
         up = self.up_set()
-        for mid in self.members:
+        for mid in self.cluster.addresses:
             yield gauge("dynamostore_peer_up", "1 when this node sees the peer up", float(mid in up), {"peer": mid})
         yield gauge("dynamostore_ring_epoch", "Ring epoch this node serves with", float(self.ring_epoch))
         for k, val in self.storage.stats().items():

@@ -15,6 +15,27 @@ from dataclasses import dataclass, field
 from handoff.transfer import Throttle
 
 
+# ---- the layout of the hint store ----------------------------------------------------------------------
+# A fallback keeps each hinted key under `<target>\0<storage key>` in a namespace of its own: the hints for
+# one target are one contiguous range (delivery scans it), and a node id never contains a NUL byte.
+
+
+def hint_key(target: str, skey: bytes) -> bytes:
+    """Where a fallback keeps the hinted copy of storage key `skey` for the down primary `target`."""
+    return target.encode() + b"\x00" + skey
+
+
+def hint_prefix(target: str) -> bytes:
+    """The scan prefix of every hint held for `target`."""
+    return target.encode() + b"\x00"
+
+
+def split_hint_key(hkey: bytes) -> tuple[str, bytes]:
+    """Inverse of `hint_key`: (target, storage key)."""
+    target, _, skey = hkey.partition(b"\x00")
+    return target.decode(), skey
+
+
 @dataclass
 class TargetProgress:
     pending: int = 0

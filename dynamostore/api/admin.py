@@ -6,9 +6,11 @@ effect when committed; unsafe requests are refused with a reason (409) before or
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dynamostore.api.server import Request, Response, json_response
+from dynamostore.cluster.membership import MembershipError
+from dynamostore.views import Liveness, Membership
 from ring.membership import (
     ClearStaged,
     Command,
@@ -23,8 +25,8 @@ from ring.membership import (
     validate_commit,
 )
 
-if TYPE_CHECKING:
-    from dynamostore.node import Node
+Ping = Callable[[MemberInfo], Awaitable[None]]
+"""Reach a member at its address (a staged newcomer is not in the address book yet); raises if it can't."""
 
 
 class AdminError(Exception):
@@ -70,22 +72,20 @@ def _change(c: Any) -> dict[str, Any]:
 
 
 class AdminApi:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, membership: Membership, liveness: Liveness, ping: Ping) -> None:
+        self.membership = membership
+        self.liveness = liveness
+        self.ping = ping
 
     async def _state(self) -> MembershipState:
-        from dynamostore.cluster.membership import MembershipError
-
         try:
-            return await self.node.membership.read_barrier()
+            return await self.membership.read_barrier()
         except MembershipError as exc:
             raise AdminError(503, str(exc)) from exc
 
     async def _propose(self, cmd: Command) -> Response:
-        from dynamostore.cluster.membership import MembershipError
-
         try:
-            res = await self.node.membership.propose(cmd)
+            res = await self.membership.propose(cmd)
         except MembershipError as exc:
             raise AdminError(503, str(exc)) from exc
         if not res.ok:
@@ -94,7 +94,7 @@ class AdminApi:
 
     async def members(self, request: Request) -> Response:
         st = await self._state()
-        return json_response({**describe(st), "raft": self.node.membership.raft.status()})
+        return json_response({**describe(st), "raft": self.membership.raft_status()})
 
     async def join(self, request: Request) -> Response:
         m = _member(await _json(request))
@@ -105,14 +105,14 @@ class AdminApi:
 
     async def remove(self, request: Request) -> Response:
         node_id = _id(await _json(request))
-        if self.node.detector.is_up(node_id) and node_id in self.node.detector.peers:
+        if node_id in self.liveness.up_set():
             raise AdminError(409, f"{node_id} is up: use leave for a live node (remove is for a dead one)")
         return await self._propose(StageRemove(node_id))
 
     async def replace(self, request: Request) -> Response:
         doc = await _json(request)
         old = str(doc.get("old", ""))
-        dead = not (self.node.detector.is_up(old) and old in self.node.detector.peers)
+        dead = old not in self.liveness.up_set()
         return await self._propose(StageReplace(old, _member(doc.get("new", {})), dead))
 
     async def clear(self, request: Request) -> Response:
@@ -131,12 +131,12 @@ class AdminApi:
 
     async def _reachable(self, st: MembershipState) -> set[str]:
         """Members this node sees up, plus staged newcomers that answer a ping at their address."""
-        reachable = self.node.up_set()
+        reachable = self.liveness.up_set()
         for c in st.staged:
             m = getattr(c, "member", None)
             if m is not None and m.id not in reachable:
                 try:
-                    await self.node.rpc_client.call((m.rpc_host, m.rpc_port), "ping", None, timeout=1.0)
+                    await self.ping(m)
                     reachable.add(m.id)
                 except Exception:  # noqa: BLE001 - unreachable is the answer
                     pass
@@ -163,8 +163,7 @@ def _id(doc: Any) -> str:
     return str(doc["id"])
 
 
-def admin_routes(node: Node) -> dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]:
-    api = AdminApi(node)
+def admin_routes(api: AdminApi) -> dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]:
     return {
         ("GET", "/admin/members"): api.members,
         ("GET", "/admin/plan"): api.plan,

@@ -1,4 +1,4 @@
-"""The client-facing HTTP handlers (on dynamostore.api.server): /kv/{key}, /health, /status, /metrics, /openapi.json.
+"""The key-value HTTP handlers (on dynamostore.api.server): GET, PUT and DELETE of /kv/{key}.
 
 Handlers only translate: parse and validate the request (400/413 with a JSON reason before anything is
 touched), call the coordinator, and render what happened (coordinator, acknowledgements, hinted count).
@@ -7,45 +7,30 @@ touched), call the coordinator, and render what happened (coordinator, acknowled
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
-from dynamostore.api.openapi import spec
+from dynamostore.api.errors import JSON, BadRequest, error
 from dynamostore.api.server import Request, Response, json_response
+from dynamostore.config import LimitSettings, QuorumSettings
 from dynamostore.kv import versioning as v
 from dynamostore.kv.context import ContextCodec, InvalidContext
-from dynamostore.kv.coordinator import ForwardError, ReadOptions, WriteOptions
+from dynamostore.kv.coordinator import Coordinator, ForwardError, ReadOptions, WriteOptions
 from dynamostore.kv.quorum import QuorumError, parse_quorum
 from dynamostore.kv.replica import SiblingLimitError
 
-if TYPE_CHECKING:
-    from dynamostore.node import Node
-
 log = logging.getLogger(__name__)
 
-JSON = "application/json"
-ADMIN_BODY_LIMIT = 64 * 1024  # admin and debug bodies are small JSON documents
 
-
-class BadRequest(Exception):
-    pass
-
-
-def error(status: int, err: str, reason: str, **extra: Any) -> Response:
-    return json_response({"error": err, "reason": reason, **extra}, status=status)
-
-
-class Api:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        f = node.config.file
-        self.q = f.quorum
-        self.limits = f.limits
-        self.n = node.n_val
-        self.codec = ContextCodec(node.config.secret)
+class KvApi:
+    def __init__(self, coordinator: Coordinator, codec: ContextCodec, quorum: QuorumSettings,
+                 limits: LimitSettings, n_val: int) -> None:
+        self.coordinator = coordinator
+        self.q = quorum
+        self.limits = limits
+        self.n = n_val
+        self.codec = codec
         # What a request without consistency headers or parameters gets (most of them): built once.
         q = self.q
         self._default_read = ReadOptions(r=q.r, pr=0, sloppy=q.sloppy, timeout=q.timeout_ms / 1000)
@@ -162,7 +147,7 @@ class Api:
     async def get(self, request: Request) -> Response:
         key = self._key(request)
         opts = self._read_opts(request)
-        res = await self.node.coordinator.get(key, opts)
+        res = await self.coordinator.get(key, opts)
         headers = {"X-Coordinator": res.coordinator, "X-Replies": str(res.replies), "X-Hinted": str(res.hinted)}
         return self._render_state(request, key, res.state, headers)
 
@@ -186,7 +171,7 @@ class Api:
         opts: WriteOptions,
     ) -> Response:
         try:
-            res = await self.node.coordinator.put(key, value, ctype, ctx, opts)
+            res = await self.coordinator.put(key, value, ctype, ctx, opts)
         except SiblingLimitError as too_many:
             return error(409, "too_many_siblings", str(too_many))
         except ForwardError as refused:
@@ -201,35 +186,6 @@ class Api:
         if request.query_string and request.query.get("returnbody", "").lower() == "true" and value is not None:
             return self._render_state(request, key, res.state, headers)
         return Response(status=204, headers=headers)
-
-    async def health(self, request: Request) -> Response:
-        return json_response({"status": "ok", "node": self.node.node_id})
-
-    async def status(self, request: Request) -> Response:
-        return json_response(self.node.status(), dumps=lambda o: json.dumps(o, default=str))
-
-    async def metrics(self, request: Request) -> Response:
-        return Response(self.node.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
-
-    async def openapi(self, request: Request) -> Response:
-        return json_response(spec(self.n, self.limits.max_value_bytes, self.limits.max_key_bytes))
-
-    async def debug_delay(self, request: Request) -> Response:
-        """Fault injection for benchmarks and tests: delay this node's internal messages to one peer.
-
-        Only with `testing_faults = true` in the settings; a production node answers 404."""
-        if not self.node.config.file.testing_faults:
-            return error(404, "not_found", "fault injection is disabled (set testing_faults = true)")
-        try:
-            doc = await request.json()  # InvalidJSON is a ValueError
-            peer, ms = str(doc["peer"]), float(doc["ms"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BadRequest('expected JSON {"peer": "<node id>", "ms": <delay>}') from exc
-        if peer not in self.node.members or not 0 <= ms <= 60_000:
-            raise BadRequest(f"unknown peer {peer!r} or delay out of range (0..60000 ms)")
-        m = self.node.members[peer]
-        self.node.rpc_client.set_delay((m.rpc_host, m.rpc_port), ms / 1000)
-        return json_response({"peer": peer, "ms": ms})
 
     async def empty_key(self, request: Request) -> Response:
         return error(400, "bad_request", "the key is empty: use /kv/{key}")

@@ -6,17 +6,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
-from dynamostore.api.admin import AdminError, admin_routes
-from dynamostore.api.kv import ADMIN_BODY_LIMIT, Api, BadRequest, error
+from dynamostore.api.admin import AdminApi, AdminError, admin_routes
+from dynamostore.api.errors import BadRequest, error
+from dynamostore.api.kv import KvApi
+from dynamostore.api.ops import OpsApi
 from dynamostore.api.server import HttpServer, InvalidJSON, Request, Response
 from dynamostore.kv.coordinator import Unavailable
-
-if TYPE_CHECKING:
-    from dynamostore.node import Node
+from dynamostore.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
+
+ADMIN_BODY_LIMIT = 64 * 1024  # admin and debug bodies are small JSON documents
 
 
 def _too_large(size: int | None, limit: int) -> Response:
@@ -27,24 +28,22 @@ def _too_large(size: int | None, limit: int) -> Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def build_server(node: Node) -> HttpServer:
-    """Our own dispatch on dynamostore.http_server: exact-path routes, the key routes by prefix, the
+def build_server(api: KvApi, ops: OpsApi, admin: AdminApi, metrics: NodeMetrics) -> HttpServer:
+    """Our own dispatch on dynamostore.api.server: exact-path routes, the key routes by prefix, the
     error mapping below, and the request counters and latencies (metrics.RequestStats)."""
-    api = Api(node)
-    metrics = node.metrics
-    limit = node.config.file.limits.max_value_bytes
+    limit = api.limits.max_value_bytes
     kv: dict[str, Handler] = {"GET": api.get, "HEAD": api.get, "PUT": api.put, "POST": api.put,
                               "DELETE": api.delete}
     routes: dict[str, dict[str, Handler]] = {
-        "/health": {"GET": api.health},
-        "/status": {"GET": api.status},
-        "/metrics": {"GET": api.metrics},
-        "/openapi.json": {"GET": api.openapi},
-        "/debug/delay": {"POST": api.debug_delay},
+        "/health": {"GET": ops.health},
+        "/status": {"GET": ops.status},
+        "/metrics": {"GET": ops.metrics},
+        "/openapi.json": {"GET": ops.openapi},
+        "/debug/delay": {"POST": ops.debug_delay},
         "/kv": {m: api.empty_key for m in kv},
         "/kv/": {m: api.empty_key for m in kv},
     }
-    for (method, path), handler in admin_routes(node).items():
+    for (method, path), handler in admin_routes(admin).items():
         routes.setdefault(path, {})[method] = handler
 
     async def not_found(request: Request) -> Response:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
 
 from prometheus_client.core import Metric
 
-from dynamostore.config import RaftSettings
+from dynamostore.config import ClusterSettings, RaftSettings
 from dynamostore.metrics import gauge
 from dynamostore.cluster.raft import NotLeaderError, RaftService, RaftServiceError
 from dynamostore.net.rpc import RpcError, RpcRemoteError
@@ -37,10 +38,8 @@ from ring.membership import (
     encode_command,
     encode_state,
 )
+from dynamostore.views import Liveness, Methods, Peers
 from ring.raft import ConfChange, ConfChangeType
-
-if TYPE_CHECKING:
-    from dynamostore.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -49,32 +48,42 @@ class MembershipError(Exception):
     """A membership request could not be carried out (no leader, timeout, refused)."""
 
 
-def founding_command(node: Node, voters: int) -> Bootstrap:
-    cf = node.config.cluster
+def founding_command(cf: ClusterSettings, voters: int) -> Bootstrap:
+    """The Bootstrap entry every founding member proposes: the members of the cluster file, all active."""
     members = tuple(MemberInfo(m.id, m.http_host, m.http_port, m.rpc_host, m.rpc_port) for m in cf.members)
     ids = sorted(m.id for m in members)
     return Bootstrap(members, cf.partitions, cf.n_val, tuple(ids[: min(voters, len(ids))]))
 
 
 class MembershipService:
-    def __init__(self, node: Node, settings: RaftSettings) -> None:
-        self.node = node
+    """`publish(state)` is called with every newly applied state that changes the ring, the members or the
+    transfers (the node applies it to its `ClusterState`)."""
+
+    def __init__(self, settings: RaftSettings, *, node_id: str, cluster: ClusterSettings, founder: bool,
+                 data_dir: Path, peers: Peers, methods: Methods, liveness: Liveness,
+                 publish: Callable[[MembershipState], None]) -> None:
         self.settings = settings
-        self.bootstrap = founding_command(node, settings.voters)
+        self.node_id = node_id
+        self.founder = founder
+        self.peers = peers
+        self.methods = methods
+        self.liveness = liveness
+        self.on_state = publish
+        self.bootstrap = founding_command(cluster, settings.voters)
         self.applied = MembershipState()  # what the log has produced so far
         # what the node serves with: the founding state until the log catches up
-        self.state = apply(MembershipState(), self.bootstrap)[0] if node.config.founder else MembershipState()
+        self.state = apply(MembershipState(), self.bootstrap)[0] if founder else MembershipState()
         voters = list(self.bootstrap.voters)
         learners = sorted(m.id for m in self.bootstrap.members if m.id not in voters)
         self.raft = RaftService(
-            node.node_id,
-            node.config.data_dir / "raft",
+            node_id,
+            data_dir / "raft",
             send=self._send,
             apply=self._apply,
             snapshot=lambda: encode_state(self.applied),
             restore=self._restore,
-            bootstrap_voters=voters if node.config.founder else None,
-            bootstrap_learners=learners if node.config.founder else None,
+            bootstrap_voters=voters if founder else None,
+            bootstrap_learners=learners if founder else None,
             tick_interval=settings.tick_ms / 1000,
             election_ticks=settings.election_ticks,
             compact_every=settings.compact_every,
@@ -85,7 +94,7 @@ class MembershipService:
     # --- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        r = self.node.router
+        r = self.methods
         r.register("raft.msg", self._rpc_msg)
         r.register("raft.propose", self._rpc_propose)
         r.register("raft.read_index", self._rpc_read_index)
@@ -121,7 +130,7 @@ class MembershipService:
         old = self.state
         self.state = state
         if state.epoch != old.epoch or state.members != old.members or state.transfers != old.transfers:
-            self.node.on_membership(state)
+            self.on_state(state)
 
     # --- proposing and reading ------------------------------------------------------------------------
 
@@ -138,10 +147,10 @@ class MembershipService:
                     res: Result = await self.raft.propose(data, timeout=remaining)
                     return res
                 leader = self.raft.leader
-                if leader is None or leader == self.node.node_id:
+                if leader is None or leader == self.node_id:
                     await asyncio.sleep(0.05)
                     continue
-                ok, epoch, reason = await self.node.call(leader, "raft.propose", data, remaining)
+                ok, epoch, reason = await self.peers.call(leader, "raft.propose", data, remaining)
                 return Result(bool(ok), int(epoch), str(reason))
             except NotLeaderError as exc:
                 last = str(exc)
@@ -159,10 +168,10 @@ class MembershipService:
         return self.applied if self.applied.initialized else self.state
 
     async def _read_index_via(self, leader: str) -> int:
-        return int(await self.node.call(leader, "raft.read_index", None, 2.0))
+        return int(await self.peers.call(leader, "raft.read_index", None, 2.0))
 
     async def _send(self, peer: str, data: bytes) -> None:
-        await self.node.call(peer, "raft.msg", data, 2.0)
+        await self.peers.call(peer, "raft.msg", data, 2.0)
 
     async def _rpc_msg(self, payload: Any, peer: str) -> Any:
         try:
@@ -173,7 +182,7 @@ class MembershipService:
 
     async def _rpc_propose(self, payload: Any, peer: str) -> Any:
         if not self.raft.is_leader:
-            raise RpcRemoteError("not_leader", f"{self.node.node_id} is not the Raft leader")
+            raise RpcRemoteError("not_leader", f"{self.node_id} is not the Raft leader")
         try:
             res: Result = await self.raft.propose(bytes(payload), timeout=10.0)
         except RaftServiceError as exc:
@@ -186,6 +195,9 @@ class MembershipService:
         except RaftServiceError as exc:
             raise RpcRemoteError("not_leader", str(exc)) from exc
 
+    def raft_status(self) -> dict[str, Any]:
+        return self.raft.status()
+
     # --- leader duties --------------------------------------------------------------------------------
 
     async def _leader_duties(self) -> None:
@@ -196,7 +208,7 @@ class MembershipService:
             if not self.raft.is_leader:
                 continue
             try:
-                if not self.applied.initialized and self.node.config.founder:
+                if not self.applied.initialized and self.founder:
                     await self.raft.propose(encode_command(self.bootstrap), timeout=5.0)
                     continue
                 successor = self._successor()
@@ -214,14 +226,14 @@ class MembershipService:
     def _successor(self) -> str | None:
         """A voter to hand leadership to when this node should no longer be a voter."""
         st = self.applied
-        me = self.node.node_id
+        me = self.node_id
         if not st.initialized:
             return None
         mine = st.members.get(me)
         if me in st.voters and mine is not None and mine.status is not Status.REMOVED:
             return None
         voters = set(self.raft.status()["voters"])
-        return next((v for v in sorted(voters & set(st.voters)) if v != me and self.node.detector.is_up(v)), None)
+        return next((v for v in sorted(voters & set(st.voters)) if v != me and self.liveness.is_up(v)), None)
 
     def _next_conf_change(self) -> ConfChange | None:
         st = self.applied
@@ -232,15 +244,15 @@ class MembershipService:
         live = {m for m, info in st.members.items() if info.status is not Status.REMOVED}
         want_voters = set(st.voters) & live
         for m in sorted((voters | learners) - live):
-            if m != self.node.node_id:
+            if m != self.node_id:
                 return ConfChange(ConfChangeType.REMOVE_NODE, m)
         for m in sorted(live - voters - learners):
             return ConfChange(ConfChangeType.ADD_LEARNER, m)
         for m in sorted(want_voters - voters):
-            if self.node.detector.is_up(m) or m == self.node.node_id:
+            if self.liveness.is_up(m):
                 return ConfChange(ConfChangeType.ADD_VOTER, m)
         for m in sorted(voters - want_voters):
-            if m != self.node.node_id:
+            if m != self.node_id:
                 return ConfChange(ConfChangeType.ADD_LEARNER, m)  # demote
         return None
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -101,13 +101,14 @@ class ClusterView(Protocol):
     """What a coordinator needs from its node: identity, the ring, liveness and peer calls."""
 
     node_id: str
-    n_val: int
     repair_wait: float
     replica_timeout: float
     read_all: bool
 
     @property
     def ring(self) -> Ring: ...
+    @property
+    def n_val(self) -> int: ...
     @property
     def liveness_version(self) -> int:
         """Changes whenever some peer goes up or down (preference lists are cached per version)."""
@@ -117,7 +118,7 @@ class ClusterView(Protocol):
     async def call(self, node: str, method: str, payload: Any, timeout: float) -> Any: ...
     def call_then(self, node: str, method: str, payload: Any, timeout: float, then: Then) -> None:
         """Call `method` on `node`; its outcome goes to `then(result, exc)`, possibly later."""
-    def spawn(self, coro: Awaitable[None], name: str) -> None: ...
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None: ...
 
 
 class _Alarms:

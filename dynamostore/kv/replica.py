@@ -7,6 +7,11 @@ one key on one node serialise without locks on the event loop. Three kinds of ch
 - `merge`: a replica copy (or a repair, a handoff, an anti-entropy fix) merged in with causality.
 - hints: copies held for a down primary, kept in the separate "hints" namespace until handed off.
 
+Background services reach the store only through the replica too: handoff reads and drops hints
+(`hints_for`, `drop_hint_if_unchanged`), transfers stream a partition (`scan_partition`), anti-entropy and
+read repair merge, the reaper removes tombstones (`reap`). So every change of a data record passes the
+one place that keeps the Merkle trees and the hint counts in step with what is stored.
+
 Actor epochs. A dot (actor, n) must name exactly one write: if two writes ever shared a dot, a merge would
 keep one and silently drop the other. Continuing an actor at n+1 is safe only in the very copy that minted
 (actor, n) and has held the key ever since. A node holds several copies of one key over time and at once:
@@ -28,8 +33,9 @@ import time
 from collections.abc import Callable
 
 from dynamostore.kv import versioning as v
+from dynamostore.storage.keys import data_key, partition_prefix, split_data_key
 from dynamostore.storage.store import Namespace, Storage
-from dynamostore.storage.keys import data_key, split_data_key
+from handoff.hints import hint_key, hint_prefix, split_hint_key
 from ring.hashing import locate
 
 log = logging.getLogger(__name__)
@@ -61,19 +67,6 @@ class KeyRef:
     def of(cls, key: bytes, partitions: int, segments: int) -> KeyRef:
         p, s = locate(key, partitions, segments)
         return cls(key, p, s, data_key(p, s, key))
-
-
-def hint_key(target: str, skey: bytes) -> bytes:
-    return target.encode() + b"\x00" + skey
-
-
-def hint_prefix(target: str) -> bytes:
-    return target.encode() + b"\x00"
-
-
-def split_hint_key(hkey: bytes) -> tuple[str, bytes]:
-    target, _, skey = hkey.partition(b"\x00")
-    return target.decode(), skey
 
 
 class EpochAllocator:
@@ -295,3 +288,76 @@ class LocalReplica:
         """Merge by storage key (handoff and anti-entropy deal in storage keys)."""
         p, s, key = split_data_key(skey)
         return self.merge(KeyRef(key, p, s, skey), incoming, durable=durable)
+
+    def reap(self, ref: KeyRef, expected: bytes, before_ms: int) -> asyncio.Future[bool]:
+        """Remove a fully deleted key's record if it is still the tombstone state whose digest is `expected`
+        and its newest tombstone is older than `before_ms` by this node's clock (the reaper's rule 3: a write
+        racing the reap survives). The future says whether the record was removed."""
+
+        def apply(raw: bytes | None) -> tuple[bytes | None, bool]:
+            if raw is None:
+                return None, False
+            state = v.decode(raw)
+            if v.digest(state) != expected or v.reap_tombstones(state, before_ms) is not None:
+                return raw, False  # changed since the check, or not past grace by this clock
+            return None, True
+
+        def removed(gone: bool) -> None:
+            if gone:
+                self._notify(ref, expected, None)
+
+        return self.storage.update("data", ref.skey, apply, on_commit=removed)
+
+    # --- what background services read ---------------------------------------------------------------
+
+    async def stored(self, ref: KeyRef) -> bytes | None:
+        """The stored record of a key as it is on disk (anti-entropy sends it to a peer, which decodes it)."""
+        return await self.storage.get("data", ref.skey)
+
+    async def scan_partition(self, partition: int, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` (storage key, record) pairs of one key partition, in key order after `after`."""
+        return await self.storage.scan("data", partition_prefix(partition), start_after=after, limit=limit)
+
+    async def holds_hint(self, skey: bytes, targets: list[str]) -> bool:
+        """Whether this node holds a hint for storage key `skey` for any of `targets`."""
+        for target in targets:
+            if await self.storage.get("hints", hint_key(target, skey)) is not None:
+                return True
+        return False
+
+    async def hint_counts(self) -> dict[str, int]:
+        """Hints held per target (hints survive restarts: the handoff service counts them at start)."""
+        counts: dict[str, int] = {}
+        after: bytes | None = None
+        while True:
+            rows = await self.storage.scan("hints", b"", start_after=after, limit=5000)
+            if not rows:
+                return counts
+            for hkey, _ in rows:
+                target, _ = split_hint_key(hkey)
+                counts[target] = counts.get(target, 0) + 1
+            after = rows[-1][0]
+
+    async def hints_for(self, target: str, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` hints held for `target`, as (storage key, record)."""
+        rows = await self.storage.scan("hints", hint_prefix(target), limit=limit)
+        return [(split_hint_key(hkey)[1], raw) for hkey, raw in rows]
+
+    def drop_hint_if_unchanged(self, target: str, skey: bytes, sent: bytes) -> asyncio.Future[bool]:
+        """Delete a delivered hint, unless a newer hinted write merged into it since it was read (then it stays
+        for the next round). The future says whether it was deleted."""
+
+        def apply(raw: bytes | None) -> tuple[bytes | None, bool]:
+            if raw == sent:
+                return None, True
+            return raw, False
+
+        return self.storage.update("hints", hint_key(target, skey), apply)
+
+    # --- bookkeeping of background services (not data) ------------------------------------------------
+
+    async def load_meta(self, key: bytes) -> bytes | None:
+        return await self.storage.get("meta", key)
+
+    async def save_meta(self, key: bytes, value: bytes, *, durable: bool = True) -> None:
+        await self.storage.put("meta", key, value, durable=durable)

@@ -16,7 +16,10 @@ I/O. Pieces:
   and an empty bucket holds back new exchanges; at most `concurrency` exchanges run at once.
 - The sweep loop: builds unbuilt trees at start, then every `sweep_interval_s` rescans every partition
   at `scan_keys_per_sec` to correct any leaf that drifted, and hands tombstones past grace to the
-  `TombstoneReaper` (ae_reaper.py).
+  `TombstoneReaper` (services/reaper.py).
+
+The service sees its node through narrow views (`dynamostore.views`): the placement (which partitions it
+replicates, with whom), liveness, peer calls, the RPC methods it answers, and the local replica.
 
 Counting: each node counts the keys *its own* storage changed (as initiator or responder) in
 `dynamostore_antientropy_keys_repaired_total`, so the cluster's sum counts every repaired copy once.
@@ -28,9 +31,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client.core import Metric
 
@@ -47,17 +50,18 @@ from antientropy.exchange import (
 )
 from antientropy.merkle import int_to_hash, sum_items
 from antientropy.scheduler import ExchangeOutcome, ExchangeScheduler, ExchangeTask, SchedulerConfig
-from dynamostore.kv import versioning as v
-from dynamostore.services.reaper import TombstoneReaper
-from dynamostore.services.merkle_trees import PartitionTrees
 from dynamostore.config import AntiEntropySettings
-from dynamostore.metrics import gauge
+from dynamostore.kv import versioning as v
+from dynamostore.kv.replica import LocalReplica
+from dynamostore.metrics import NodeMetrics, gauge
 from dynamostore.net.rpc import RpcRemoteError, RpcTimeout, RpcUnavailable
+from dynamostore.runtime import Supervisor
+from dynamostore.services.merkle_trees import PartitionTrees
+from dynamostore.services.reaper import TombstoneReaper
+from dynamostore.storage.store import Storage
+from dynamostore.views import Clock, Liveness, Methods, Peers, Placement
 from ring.membership import MembershipState
 from ring.placement import Ring
-
-if TYPE_CHECKING:
-    from dynamostore.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +101,24 @@ class Totals:
     sweeps: int = 0
 
 
-class AntiEntropyWorker:
-    def __init__(self, node: Node, settings: AntiEntropySettings) -> None:
-        self.node = node
+class AntiEntropyService:
+    def __init__(self, settings: AntiEntropySettings, *, placement: Placement, liveness: Liveness, peers: Peers,
+                 methods: Methods, replica: LocalReplica, storage: Storage, metrics: NodeMetrics, clock: Clock,
+                 nodes: Callable[[], list[str]]) -> None:
         self.settings = settings
+        self.placement = placement
+        self.liveness = liveness
+        self.peers = peers
+        self.methods = methods
+        self.replica = replica
+        self.storage = storage  # read by the trees' scans; every write goes through the replica
+        self.metrics = metrics
+        self.clock = clock
+        self.nodes = nodes  # every node that must agree before a tombstone is reaped
         self.partitions: list[int] = []
         self.peers_of: dict[int, tuple[str, ...]] = {}
         self.stats: dict[int, PartitionStats] = {}
-        self._place(node._ring)  # None on a node that has not joined yet: no partitions to keep trees for
+        self._place(placement.ring)  # None on a node that has not joined yet: no partitions to keep trees for
         self.trees: PartitionTrees
         self.reaper: TombstoneReaper
         self.sched: ExchangeScheduler
@@ -114,32 +128,32 @@ class AntiEntropyWorker:
         self._offered: dict[int, tuple[str, ...]] = {}
         self._offer_key: tuple[int, int, object] = (-1, -1, None)
         self._kick = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Supervisor("anti-entropy task")
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        r = self.node.router
+        r = self.methods
         r.register("ae.x", self._rpc_exchange)
         r.register("ae.repair", self._rpc_repair)
         s = self.settings
-        self.trees = PartitionTrees(self.node.storage, self.partitions if s.enabled else (), s.segments,
+        self.trees = PartitionTrees(self.storage, self.partitions if s.enabled else (), s.segments,
                                     scan_keys_per_sec=s.scan_keys_per_sec)
-        self.reaper = TombstoneReaper(self.node, self.trees, s.tombstone_grace_s)
+        self.reaper = TombstoneReaper(self.trees, s.tombstone_grace_s, placement=self.placement,
+                                      liveness=self.liveness, peers=self.peers, replica=self.replica, nodes=self.nodes)
         r.register("ae.check", self.reaper.rpc_check)
         r.register("ae.reap", self.reaper.rpc_reap)
         if not s.enabled:
             return  # handlers answer not_ready: a disabled node neither initiates nor repairs
-        loop = asyncio.get_running_loop()
         self.sched = ExchangeScheduler(
             # A burst of a tenth of a second's worth (at least one batch) spreads repairs evenly.
             SchedulerConfig(interval=s.exchange_interval_s, max_concurrent=s.concurrency,
                             repair_rate=float(s.max_keys_per_sec),
                             repair_burst=float(max(REPAIR_BATCH_KEYS, s.max_keys_per_sec // 10))),
-            random.Random(self.node.node_id), loop.time(),
+            random.Random(self.placement.node_id), self.clock.now(),
         )
         # Subscribe before the node serves (services start before the RPC server and the HTTP API).
-        self.node.replica.on_change = self.trees.on_change
+        self.replica.on_change = self.trees.on_change
         self.snapshot_loaded = await self.trees.load()
         if self.snapshot_loaded:
             log.info("anti-entropy: %d trees loaded from the clean-shutdown snapshot", self.snapshot_loaded)
@@ -147,9 +161,7 @@ class AntiEntropyWorker:
         self._spawn(self._sweeps(), "ae-sweeps")
 
     async def stop(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.stop()
         if self.settings.enabled and self.trees.built:
             saved = await self.trees.save()
             log.info("anti-entropy: saved %d trees", saved)
@@ -159,11 +171,10 @@ class AntiEntropyWorker:
 
     def _place(self, ring: Ring | None) -> None:
         """Which partitions this node replicates under `ring`, and with whom."""
-        node = self.node
-        self.partitions = ring.partitions_of(node.node_id, node.n_val) if ring is not None else []
+        me, n = self.placement.node_id, self.placement.n_val
+        self.partitions = ring.partitions_of(me, n) if ring is not None else []
         self.peers_of = {
-            p: tuple(m for m in ring.preference_list(p, node.n_val)[0] if m != node.node_id)
-            for p in self.partitions
+            p: tuple(m for m in ring.preference_list(p, n)[0] if m != me) for p in self.partitions
         } if ring is not None else {}
         self.stats = {p: self.stats.get(p, PartitionStats()) for p in self.partitions}
 
@@ -178,25 +189,17 @@ class AntiEntropyWorker:
         self._kick.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("anti-entropy task %s failed", task.get_name(), exc_info=task.exception())
+        self._tasks.spawn(coro, name)
 
     # --- sweeps: build, verify, reap ------------------------------------------------------------------
 
     async def _sweeps(self) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = self.clock.now()
         await self._sweep([p for p in self.partitions if p not in self.trees.built])
-        self.built_in_s = round(loop.time() - started, 3)
+        self.built_in_s = round(self.clock.now() - started, 3)
         log.info("anti-entropy: all %d trees built in %.2fs", len(self.partitions), self.built_in_s)
         while True:
-            await asyncio.sleep(self.settings.sweep_interval_s)
+            await self.clock.sleep(self.settings.sweep_interval_s)
             await self._sweep(self.partitions)
             self.totals.sweeps += 1
 
@@ -217,9 +220,8 @@ class AntiEntropyWorker:
     # --- initiator ------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            now = loop.time()
+            now = self.clock.now()
             self._offer_pairs(now)
             while (task := self.sched.poll(now)) is not None:
                 self._spawn(self._exchange_task(task), f"ae-{task.partition}-{task.peer}")
@@ -235,15 +237,15 @@ class AntiEntropyWorker:
         """Offer the scheduler built partitions with the peers seen up. A peer that goes down is dropped
         rather than failed (failures back a peer off for minutes); when it is back, its pairs are
         rescheduled within one interval."""
-        det = self.node.detector
+        live = self.liveness
         # The loop comes here every time an exchange ends: recompute only when something it reads changed.
-        key = (len(self.trees.built), det.version, self.peers_of)
+        key = (len(self.trees.built), live.version, self.peers_of)
         if key[0] == self._offer_key[0] and key[1] == self._offer_key[1] and key[2] is self._offer_key[2]:
             return
         self._offer_key = key
         wanted = {}
         for p in sorted(self.trees.built):
-            peers = tuple(m for m in self.peers_of.get(p, ()) if det.is_up(m))
+            peers = tuple(m for m in self.peers_of.get(p, ()) if live.is_up(m))
             if peers:
                 wanted[p] = peers
         if wanted != self._offered:
@@ -251,7 +253,6 @@ class AntiEntropyWorker:
             self.sched.set_partitions(wanted, now)
 
     async def _exchange_task(self, task: ExchangeTask) -> None:
-        loop = asyncio.get_running_loop()
         outcome, differing = ExchangeOutcome.FAILED, 0
         cancelled = False
         try:
@@ -269,12 +270,12 @@ class AntiEntropyWorker:
         except Exception:  # noqa: BLE001 - logged, counted, retried with backoff
             log.exception("anti-entropy exchange of partition %d with %s failed", task.partition, task.peer)
         finally:
-            self.sched.finished(task, loop.time(), outcome, differing)
+            self.sched.finished(task, self.clock.now(), outcome, differing)
             if not cancelled:
                 self._count(outcome)
 
     def _count(self, outcome: ExchangeOutcome) -> None:
-        self.node.metrics.ae_exchanges.labels(outcome.value).inc()
+        self.metrics.ae_exchanges.labels(outcome.value).inc()
         if outcome is ExchangeOutcome.OK:
             self.totals.exchanges_ok += 1
         elif outcome is ExchangeOutcome.PEER_UNAVAILABLE:
@@ -286,7 +287,7 @@ class AntiEntropyWorker:
     async def exchange(self, partition: int, peer: str) -> int:
         """One exchange of `partition` with `peer`, repairs included. Returns the number of differing keys."""
         result = await self._walk(partition, peer)
-        m = self.node.metrics
+        m = self.metrics
         m.ae_bytes.labels("sent").inc(result.bytes_sent)
         m.ae_bytes.labels("received").inc(result.bytes_received)
         self.totals.walk_bytes_sent += result.bytes_sent
@@ -312,7 +313,7 @@ class AntiEntropyWorker:
                 wanted = {b.segment for b in request.buckets if b.segment not in scanned}
                 scanned.update(await self.trees.segment_items(partition, sorted(wanted)))
             try:
-                raw = await self.node.call(peer, "ae.x", [partition, encode(request)], ROUND_TIMEOUT)
+                raw = await self.peers.call(peer, "ae.x", [partition, encode(request)], ROUND_TIMEOUT)
             except RpcRemoteError as exc:
                 if exc.code == "not_ready":
                     raise NotReady(str(exc)) from exc
@@ -326,7 +327,7 @@ class AntiEntropyWorker:
     async def _repair(self, partition: int, peer: str, result: ExchangeResult) -> None:
         """Send our states for the keys the peer needs, merge back its states for the keys we need."""
         push_to_peer, pull = result.responder_needs, result.initiator_needs
-        storage, replica = self.node.storage, self.node.replica
+        replica = self.replica
         keys = sorted(result.differing_keys)
         i = 0
         while i < len(keys):
@@ -341,12 +342,12 @@ class AntiEntropyWorker:
                     want.append(key)
                     size += len(key)
                 if key in push_to_peer:
-                    raw = await storage.get("data", replica.ref(key).skey)
+                    raw = await replica.stored(replica.ref(key))
                     if raw is not None:  # reaped since the walk: nothing to send
                         push.append([key, raw])
                         size += len(key) + len(raw)
             await self._take_tokens(n)
-            changed_there, states = await self.node.call(peer, "ae.repair", [partition, push, want], REPAIR_TIMEOUT)
+            changed_there, states = await self.peers.call(peer, "ae.repair", [partition, push, want], REPAIR_TIMEOUT)
             got = [(bytes(k), bytes(r)) for k, r in states]
             self.totals.repair_bytes_sent += size
             self.totals.repair_bytes_received += sum(len(k) + len(r) for k, r in got)
@@ -355,15 +356,14 @@ class AntiEntropyWorker:
             self.totals.keys_pushed += int(changed_there)
 
     async def _take_tokens(self, n: int) -> None:
-        loop = asyncio.get_running_loop()
         while n > 0:
-            n -= self.sched.grant_repairs(n, loop.time())
+            n -= self.sched.grant_repairs(n, self.clock.now())
             if n > 0:
-                await asyncio.sleep(max(0.005, self.sched.repair_wait(n, loop.time())))
+                await self.clock.sleep(max(0.005, self.sched.repair_wait(n, self.clock.now())))
 
     async def _merge(self, partition: int, states: list[tuple[bytes, bytes]]) -> int:
         """Merge states in with causality (one storage batch); count the keys whose copy changed."""
-        replica = self.node.replica
+        replica = self.replica
         refs = [replica.ref(k) for k, _ in states]
         if any(ref.partition != partition for ref in refs):
             raise RpcRemoteError("bad_request", f"a repaired key is not in partition {partition}")
@@ -372,7 +372,7 @@ class AntiEntropyWorker:
         n = sum(1 for c in changed if c)
         self.stats.setdefault(partition, PartitionStats()).repairs += n
         self.totals.keys_repaired += n
-        self.node.metrics.ae_keys_repaired.inc(n)
+        self.metrics.ae_keys_repaired.inc(n)
         return n
 
     # --- responder ------------------------------------------------------------------------------------
@@ -383,7 +383,7 @@ class AntiEntropyWorker:
         except (TypeError, ValueError, IndexError) as exc:
             raise RpcRemoteError("bad_request", f"{method} payload: {exc}") from exc
         if partition not in self.trees.built:
-            raise RpcRemoteError("not_ready", f"{self.node.node_id} has no built tree for partition {partition}")
+            raise RpcRemoteError("not_ready", f"{self.placement.node_id} has no built tree for partition {partition}")
         return partition
 
     async def _rpc_exchange(self, payload: Any, peer: str) -> Any:
@@ -395,7 +395,7 @@ class AntiEntropyWorker:
         if not isinstance(request, (RootRequest, ChildrenRequest, BucketsRequest)):
             raise RpcRemoteError("bad_request", "ae.x carries a response, not a request")
         if isinstance(request, RootRequest) and hasattr(self, "sched"):
-            self.sched.answered(partition, peer, asyncio.get_running_loop().time())
+            self.sched.answered(partition, peer, self.clock.now())
         tree = self.trees.trees[partition]
         scanned: dict[int, dict[bytes, bytes]] = {}
         if isinstance(request, BucketsRequest):
@@ -424,13 +424,13 @@ class AntiEntropyWorker:
             changed = await self._merge(partition, push)
         except v.VersionError as exc:
             raise RpcRemoteError("bad_request", f"ae.repair: {exc}") from exc
-        storage, replica = self.node.storage, self.node.replica
+        replica = self.replica
         out = []
         for key in want:
             ref = replica.ref(key)
             if ref.partition != partition:
                 raise RpcRemoteError("bad_request", f"key {key!r} is not in partition {partition}")
-            raw = await storage.get("data", ref.skey)
+            raw = await replica.stored(ref)
             if raw is not None:
                 out.append([key, raw])
         if push or out:

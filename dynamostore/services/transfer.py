@@ -7,6 +7,9 @@ where it stopped. When every stream is done, propose `TransferDone` through Raft
 this node starts serving reads for the partition) only when that entry is applied. Writes made during the
 move reach the new owner too (the coordinator adds it as an extra target), so nothing written mid-stream
 is missed.
+
+`step()` starts the receptions that are due; the asyncio driver calls it when the ring changes or every
+second. `receive(plan)` is one transfer, end to end; unit tests drive both with fakes.
 """
 
 from __future__ import annotations
@@ -14,16 +17,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from prometheus_client.core import Metric
 
-from dynamostore.kv import versioning as v
 from dynamostore.config import TransferSettings
+from dynamostore.kv import versioning as v
+from dynamostore.kv.replica import LocalReplica
 from dynamostore.metrics import gauge
 from dynamostore.net.rpc import RpcRemoteError
-from dynamostore.storage.keys import partition_prefix
+from dynamostore.views import Clock, Methods, Peers, Placement
 from handoff.transfer import (
     BatchPolicy,
     Cursor,
@@ -39,18 +43,27 @@ from handoff.transfer import (
     still_pending,
     transfer_complete,
 )
-from ring.membership import MembershipState, Transfer
-
-if TYPE_CHECKING:
-    from dynamostore.node import Node
+from ring.membership import Command, MembershipState, Result, Transfer
 
 log = logging.getLogger(__name__)
 
+FETCH_TIMEOUT = 30.0
+PROPOSE_TIMEOUT = 30.0
+MAX_FETCH = 10_000
 
-class TransferWorker:
-    def __init__(self, node: Node, settings: TransferSettings) -> None:
-        self.node = node
+Propose = Callable[[Command, float], Awaitable[Result]]
+
+
+class TransferService:
+    def __init__(self, settings: TransferSettings, *, placement: Placement, replica: LocalReplica, peers: Peers,
+                 methods: Methods, propose: Propose, clock: Clock) -> None:
         self.settings = settings
+        self.placement = placement
+        self.replica = replica
+        self.peers = peers
+        self.methods = methods
+        self.propose = propose
+        self.clock = clock
         self.policy = BatchPolicy(max_keys=settings.batch_keys)
         self.throttle = Throttle(float(settings.keys_per_sec), float(max(settings.keys_per_sec, settings.batch_keys)))
         self.active: dict[Transfer, asyncio.Task[None]] = {}
@@ -61,7 +74,7 @@ class TransferWorker:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.node.router.register("transfer.fetch", self._rpc_fetch)
+        self.methods.register("transfer.fetch", self._rpc_fetch)
         self._task = asyncio.create_task(self._run(), name="transfers")
 
     async def stop(self) -> None:
@@ -80,14 +93,21 @@ class TransferWorker:
             except asyncio.TimeoutError:
                 pass
             self._kick.clear()
-            state = self.node.membership_state
-            if state is None or not state.transfers:
-                continue
-            for tp in incoming(state, self.node.node_id):
-                if tp.transfer not in self.active and (tp.plan_epoch, tp.transfer) not in self._proposed:
-                    task = asyncio.create_task(self._receive(tp), name=f"transfer-{tp.transfer.partition}")
-                    self.active[tp.transfer] = task
-                    task.add_done_callback(functools.partial(self._finished, tp.transfer))
+            self.step()
+
+    def step(self) -> list[TransferPlan]:
+        """Start receiving every pending transfer to this node that is not running or already proposed."""
+        state = self.placement.state
+        started: list[TransferPlan] = []
+        if not state.transfers:
+            return started
+        for tp in incoming(state, self.placement.node_id):
+            if tp.transfer not in self.active and (tp.plan_epoch, tp.transfer) not in self._proposed:
+                task = asyncio.create_task(self.receive(tp), name=f"transfer-{tp.transfer.partition}")
+                self.active[tp.transfer] = task
+                task.add_done_callback(functools.partial(self._finished, tp.transfer))
+                started.append(tp)
+        return started
 
     def _finished(self, key: Transfer, task: asyncio.Task[None]) -> None:
         self.active.pop(key, None)
@@ -95,50 +115,50 @@ class TransferWorker:
             log.warning("transfer of partition %d failed: %r; retrying", key.partition, task.exception())
         self._kick.set()
 
-    async def _receive(self, tp: TransferPlan) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+    async def receive(self, tp: TransferPlan) -> None:
+        """Stream every key partition of one transfer (resuming from saved cursors), then propose it done."""
+        started = self.clock.now()
         cursors: dict[int, Cursor] = {}
         for stream in tp.streams:
             ckey = cursor_key(tp, stream)
-            saved = await self.node.storage.get("meta", ckey)
+            saved = await self.replica.load_meta(ckey)
             c = resume(tp, stream, decode_cursor(saved) if saved else None)
             while not c.done:
-                state = self.node.membership_state
-                if state is None or not still_pending(state, tp):
+                if not still_pending(self.placement.state, tp):
                     return  # the plan moved on (the change completed elsewhere or was superseded)
-                self.throttle, grant = self.throttle.take(self.policy.max_keys, loop.time())
+                self.throttle, grant = self.throttle.take(self.policy.max_keys, self.clock.now())
                 if grant == 0:
-                    await asyncio.sleep(self.throttle.wait_time(self.policy.max_keys, loop.time()))
+                    await self.clock.sleep(self.throttle.wait_time(self.policy.max_keys, self.clock.now()))
                     continue
-                rows = await self.node.call(stream.source, "transfer.fetch",
-                                            [stream.key_partition, start_after(c), grant], 30.0)
-                await asyncio.gather(*(self.node.replica.merge_raw(bytes(k), v.decode(bytes(raw))) for k, raw in rows))
+                rows = await self.peers.call(stream.source, "transfer.fetch",
+                                             [stream.key_partition, start_after(c), grant], FETCH_TIMEOUT)
+                await asyncio.gather(*(self.replica.merge_raw(bytes(k), v.decode(bytes(raw))) for k, raw in rows))
                 if rows:
                     c = c.advance(bytes(rows[-1][0]), len(rows))
                     self.keys_received += len(rows)
                 if len(rows) < grant:
                     c = c.finish()
-                await self.node.storage.put("meta", ckey, encode_cursor(c), durable=True)
+                await self.replica.save_meta(ckey, encode_cursor(c))
             cursors[stream.key_partition] = c
         if not transfer_complete(tp, cursors):
             return
-        res = await self.node.membership.propose(done_command(tp), timeout=30.0)
+        res = await self.propose(done_command(tp), PROPOSE_TIMEOUT)
         self._proposed.add((tp.plan_epoch, tp.transfer))
         keys = sum(c.keys for c in cursors.values())
+        took = self.clock.now() - started
         self.done.append({"partition": tp.transfer.partition, "source": tp.transfer.source, "keys": keys,
-                          "seconds": round(loop.time() - started, 3), "committed": res.ok, "reason": res.reason})
+                          "seconds": round(took, 3), "committed": res.ok, "reason": res.reason})
         log.info("transfer of partition %d from %s done: %d keys in %.2fs (%s)", tp.transfer.partition,
-                 tp.transfer.source, keys, loop.time() - started, "committed" if res.ok else res.reason)
+                 tp.transfer.source, keys, took, "committed" if res.ok else res.reason)
 
     async def _rpc_fetch(self, payload: Any, peer: str) -> Any:
         try:
             kp, after, limit = payload
-            kp, limit = int(kp), min(int(limit), 10_000)
+            kp, limit = int(kp), min(int(limit), MAX_FETCH)
             after = None if after is None else bytes(after)
         except (TypeError, ValueError) as exc:
             raise RpcRemoteError("bad_request", f"transfer.fetch payload: {exc}") from exc
-        rows = await self.node.storage.scan("data", partition_prefix(kp), start_after=after, limit=limit)
+        rows = await self.replica.scan_partition(kp, after, limit)
         return [[k, raw] for k, raw in rows]
 
     def status(self) -> dict[str, Any]:
