@@ -114,6 +114,10 @@ def build(method: str, key: str, opts: Consistency, *, body: bytes | None = None
         headers["Authorization"] = auth
     if returnbody:
         query.append(("returnbody", "true"))
+    if returnbody or method == "GET":
+        # Siblings as JSON (base64 values): decoded by C code, where the stdlib's MIME parser takes
+        # milliseconds for a few parts. A single value comes back as itself either way.
+        headers["Accept"] = "application/json"
     target = kv_path(key) + ("?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query) if query else "")
     return Request(method, target, headers, body)
 
@@ -310,8 +314,8 @@ def info_of(answer: Answer, node: str | None) -> Info:
 
 
 def decode_siblings(answer: Answer) -> tuple[Sibling, ...]:
-    """The values of a 300 answer, in either format the server sends: multipart/mixed (the default) or
-    JSON with base64 values (`Accept: application/json`)."""
+    """The values of a 300 answer, in either format the server sends: JSON with base64 values (what this
+    client asks for) or multipart/mixed (the server's default, e.g. when a proxy dropped the Accept header)."""
     ctype = answer.headers.get("content-type", "")
     if ctype.startswith("application/json"):
         try:

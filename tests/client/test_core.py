@@ -34,12 +34,13 @@ def test_a_read_carries_read_options_and_a_write_write_options() -> None:
     get = core.build("GET", "a/b c%", opts, auth="Bearer t")  # type: ignore[arg-type]
     assert get.target == "/kv/a%2Fb%20c%25?pr=1"
     assert get.headers == {"X-Consistency-Level": "quorum", "X-Read-Quorum": "2", "X-Sloppy-Quorum": "false",
-                           "Authorization": "Bearer t"}
+                           "Authorization": "Bearer t", "Accept": "application/json"}
     put = core.build("PUT", "k", opts, body=b"v", content_type="text/plain", context="CTX",  # type: ignore[arg-type]
                      returnbody=True)
     assert put.target == "/kv/k?pw=2&returnbody=true"
     assert put.headers == {"X-Consistency-Level": "quorum", "X-Write-Quorum": "all", "X-Durable-Writes": "1",
-                           "X-Sloppy-Quorum": "false", "X-Context": "CTX", "Content-Type": "text/plain"}
+                           "X-Sloppy-Quorum": "false", "X-Context": "CTX", "Content-Type": "text/plain",
+                           "Accept": "application/json"}
     assert put.body == b"v"
 
 
