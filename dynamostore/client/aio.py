@@ -158,7 +158,7 @@ class AsyncClient:
                 body = await r.read()
                 return Answer(r.status, {k.lower(): v for k, v in r.headers.items()}, body)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise TransportFailure(Failure.NOT_SENT, type(exc).__name__) from None
+            raise TransportFailure(Failure.NOT_SENT, str(exc).rsplit(": ", 1)[-1][:120]) from None
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
             raise TransportFailure(Failure.TIMEOUT, "") from None
         except (aiohttp.ClientError, OSError) as exc:

@@ -71,7 +71,8 @@ class ClientCore:
     - `urls`: one or more nodes to learn the ring from (`http://host:port`, or `https://` with `ssl`).
     - `resolver`: the default sibling resolver (per call: `resolver=`).
     - `defaults`: consistency options for every call (R, W, DW, PR, PW, sloppy, timeout, deadline, level).
-    - `routing`: "ring" sends each request to a live primary of its key; "random" to any live node.
+    - `routing`: "ring" sends each request to a live primary of its key; "random" to any live node; "seeds"
+      to the URLs given, in turn (no ring: a load balancer, or a caller choosing coordinators).
     - `retry_writes`: resend a write that may have been applied to the next node (see `core`), or raise
       `UncertainWrite`.
     - `deadline`: seconds for a whole call, fail-over included; `attempt_timeout` per node tried (raised to

@@ -10,6 +10,9 @@ The order of the nodes tried for a key: its live primaries (starting at a random
 load), then its live fallbacks in ring order, then the nodes believed down (they may be back). A node is
 believed down when the last `/status` said so, or for `down_for` seconds after a request to it failed.
 
+`routing="seeds"` skips all of this: requests go to the URLs the client was given, in turn, each failing over
+to the next (a load balancer in front of the cluster; or a benchmark that chooses its coordinators).
+
 The copy is refreshed every `refresh_interval` seconds, and sooner (at most every `min_refresh` seconds)
 once something suggests it is stale: a failure, a coordinator the client does not know, or a write
 coordinated by another node than the one it was sent to (that node's ring no longer makes it a replica).
@@ -26,7 +29,7 @@ from typing import Any, Literal
 from ring.hashing import locate
 from ring.placement import Ring
 
-RouteMode = Literal["ring", "random"]
+RouteMode = Literal["ring", "random", "seeds"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +53,8 @@ class RoutingTable:
                  refresh_interval: float = 10.0, min_refresh: float = 0.5, down_for: float = 2.0) -> None:
         if not seeds:
             raise ValueError("the client needs at least one node URL")
-        if mode not in ("ring", "random"):
-            raise ValueError(f"routing must be 'ring' or 'random', not {mode!r}")
+        if mode not in ("ring", "random", "seeds"):
+            raise ValueError(f"routing must be 'ring', 'random' or 'seeds', not {mode!r}")
         self.seeds = [s.rstrip("/") for s in seeds]
         self.scheme = self.seeds[0].split("://", 1)[0] if "://" in self.seeds[0] else "http"
         self.rng = rng
@@ -103,6 +106,8 @@ class RoutingTable:
     # --- freshness ----------------------------------------------------------------------------------------
 
     def needs_refresh(self, now: float) -> bool:
+        if self.mode == "seeds":
+            return False
         if now - self._tried_at < self.min_refresh:
             return False  # a refresh was just tried: don't storm /status while a node is down
         return self._stale or now - self._loaded_at >= self.refresh_interval
@@ -150,7 +155,7 @@ class RoutingTable:
     def targets(self, key: bytes, now: float) -> list[Target]:
         """Every node to try for `key`, best first."""
         info = self.info
-        if info is None:
+        if info is None or self.mode == "seeds":
             return self._seed_targets()
         if self.mode == "random":
             nodes = list(self.urls)

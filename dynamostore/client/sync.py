@@ -139,7 +139,7 @@ class Client:
             r = self._pool.request(req.method, a.url, body=req.body, headers=req.headers, redirect=False,
                                    retries=False, timeout=urllib3.Timeout(total=a.timeout, connect=a.connect_timeout))
         except (NewConnectionError, ConnectTimeoutError, NameResolutionError, Urllib3SSLError) as exc:
-            raise TransportFailure(Failure.NOT_SENT, type(exc).__name__) from None
+            raise TransportFailure(Failure.NOT_SENT, str(exc).rsplit(": ", 1)[-1][:120]) from None
         except ReadTimeoutError:
             raise TransportFailure(Failure.TIMEOUT, "") from None
         except (ProtocolError, HTTPError, OSError) as exc:

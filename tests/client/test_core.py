@@ -18,10 +18,10 @@ from dynamostore.client.core import Answer, Call, Failure, Request, Timing, retr
 from dynamostore.client.errors import BadRequest, Conflict, NotFound, QuorumError, ServerError, UncertainWrite, Unreachable
 from dynamostore.client.objects import Object, Sibling, WriteResult
 from dynamostore.client.routing import RoutingTable
-from dynamostore.coordinator import _unreachable
-from dynamostore.http_api import _multipart
-from dynamostore.quorum import GetTally, PutTally
-from dynamostore import versioning as v
+from dynamostore.kv.coordinator import _unreachable
+from dynamostore.api.kv import _multipart
+from dynamostore.kv.quorum import GetTally, PutTally
+from dynamostore.kv import versioning as v
 from ring.placement import Role, Target
 
 from tests.client.test_routing import status_doc

@@ -135,6 +135,13 @@ def test_member_urls_follow_the_seeds_scheme_and_bracket_ipv6() -> None:
     assert t.urls["n1"] == "https://[::1]:8000" and t.urls["n2"] == "https://127.0.0.1:8001"
 
 
+def test_seeds_mode_never_reads_the_ring_and_keeps_to_the_urls_given() -> None:
+    t = RoutingTable(["http://a:1", "http://b:2"], rng=random.Random(1), mode="seeds")
+    assert not t.needs_refresh(0.0)
+    assert t.load(status_doc(), 0.0)  # even with a ring at hand
+    assert [x.url for x in t.targets(b"k", 1.0)] == ["http://a:1", "http://b:2"]
+
+
 def test_routing_mode_is_checked() -> None:
     with pytest.raises(ValueError):
         RoutingTable(["http://a:1"], rng=random.Random(1), mode="nearest")  # type: ignore[arg-type]
