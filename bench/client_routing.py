@@ -37,7 +37,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from dynamostore.bench.cluster import LocalCluster  # noqa: E402
+from bench.rw.cluster import LocalCluster  # noqa: E402
 from dynamostore.client import AsyncClient  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
