@@ -115,7 +115,7 @@ class ClientCore:
     # --- operations -----------------------------------------------------------------------------------
 
     def _opts(self, call: Consistency) -> Consistency:
-        return {**self.defaults, **call}  # type: ignore[typeddict-item]
+        return {**self.defaults, **call}
 
     def _op(self, key: str, request: Request, parse: Callable[[Answer, str | None], T],
             opts: Consistency) -> Operation[T]:

@@ -229,7 +229,10 @@ class Call:
     def answered(self, attempt: Attempt, answer: Answer, now: float) -> None:
         coordinator = answer.headers.get("x-coordinator")
         if answer.status == 503:
-            self.routing.failed(attempt.node, now)
+            # The node answered: it is up. Its quorum was not (maybe its view of the ring or of its peers
+            # differs from another node's): try the next node, and read the ring again soon.
+            self.routing.answered(attempt.node, None, write=self.write)
+            self.routing.mark_stale()
             self.last_503 = answer
             self.errors.append(f"{attempt.node or attempt.url}: 503 {_reason(answer)}")
             if self.write:

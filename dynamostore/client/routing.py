@@ -8,13 +8,14 @@ would forward the write to a primary (one more hop) or ask remote replicas only.
 
 The order of the nodes tried for a key: its live primaries (starting at a random one, to spread a hot key's
 load), then its live fallbacks in ring order, then the nodes believed down (they may be back). A node is
-believed down when the last `/status` said so, or for `down_for` seconds after a request to it failed.
+believed down when the last `/status` said so, or for `down_for` seconds after a request to it got no
+answer (a 503 is an answer: the node is up, its quorum was not).
 
 `routing="seeds"` skips all of this: requests go to the URLs the client was given, in turn, each failing over
 to the next (a load balancer in front of the cluster; or a benchmark that chooses its coordinators).
 
 The copy is refreshed every `refresh_interval` seconds, and sooner (at most every `min_refresh` seconds)
-once something suggests it is stale: a failure, a coordinator the client does not know, or a write
+once something suggests it is stale: a failure or a 503, a coordinator the client does not know, or a write
 coordinated by another node than the one it was sent to (that node's ring no longer makes it a replica).
 The ring epoch tells a new ring from the old one.
 """
@@ -136,7 +137,7 @@ class RoutingTable:
         return node in self.reported_up and self._down_until.get(node, 0.0) <= now
 
     def failed(self, node: str | None, now: float) -> None:
-        """A request to `node` failed without an answer (refused, cut, timed out) or with a 503."""
+        """A request to `node` failed without an answer (refused, cut, timed out)."""
         if node is not None:
             self._down_until[node] = now + self.down_for
         self._stale = True

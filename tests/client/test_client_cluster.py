@@ -66,7 +66,14 @@ async def test_update_under_four_concurrent_writers_loses_no_update(make_cluster
                 errors.append(exc)
 
         threads = [threading.Thread(target=writer, args=(f"w{k}",)) for k in range(writers)]
-        await asyncio.to_thread(lambda: ([t.start() for t in threads], [t.join(60) for t in threads]))
+
+        def run_all() -> None:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+
+        await asyncio.to_thread(run_all)
         assert not errors, errors
         final = json.loads(client.get("counter", r="all").value)
     assert final == {f"w{k}": rounds for k in range(writers)}

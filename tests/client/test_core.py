@@ -266,9 +266,12 @@ def test_a_read_tries_every_node_then_reports_the_last_quorum_error() -> None:
     call = _call(GET, clock, retry_writes=False)
     tried = []
     while (a := call.next_attempt(clock.now)) is not None:
-        tried.append(a.node)
+        tried.append(a.node or "")
         call.answered(a, _answer(503, a.node or ""), clock.now)
     assert sorted(tried) == ["n1", "n2", "n3", "n4", "n5"]  # the whole preference list, once each
+    # A 503 is an answer: the nodes are up (their quorum was not); the ring is read again soon.
+    assert all(call.routing.is_up(n, clock.now) for n in ["n1", "n2", "n3", "n4", "n5"])
+    assert call.routing.needs_refresh(clock.now + 1)
     with pytest.raises(QuorumError) as q:
         call.answer()
     assert (q.value.required, q.value.answered) == (2, 1)
