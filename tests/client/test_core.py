@@ -369,3 +369,19 @@ def test_update_without_a_resolver_reports_the_concurrent_change() -> None:
              answer)
     assert sent == [None, "T"]  # an absent key's tombstone context is carried too
     assert exc.value.object is not None and exc.value.object.context == "S"
+
+
+def test_token_and_tls_options_are_passed_through() -> None:
+    """The server's TLS and tokens come later (issue 17): the options exist and reach every request now."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    c = ClientCore(["https://a:1", "https://b:2"], token="s3cret", ssl=ctx)
+    assert c.ssl is ctx
+    assert c.get_op("k", {}).request.headers["Authorization"] == "Bearer s3cret"
+    assert all(a.request.headers["Authorization"] == "Bearer s3cret" and a.url.startswith("https://")
+               for a in c.status_attempts())
+    with pytest.raises(ValueError, match="https"):
+        ClientCore("http://a:1", ssl=ctx)
+    with pytest.raises(FileNotFoundError):
+        ClientCore("https://a:1", ssl="/nonexistent/ca.pem")  # a CA file path is loaded, not ignored
