@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.rw.cluster import Target
-from bench.rw.runner import Client, ContextCache, Quorum
+from bench.rw.runner import Client, LastReads, Quorum
 from bench.rw.workload import key_name, value_for
 
 PHASES = ("healthy", "one_down", "two_down")
@@ -47,7 +47,7 @@ class Tally:
 
 
 async def measure(client: Client, target: Target, combos: list[Quorum], *, victims: list[str], phase_s: float,
-                  keys: int, seed: int, value_size: int, concurrency: int, contexts: ContextCache,
+                  keys: int, seed: int, value_size: int, concurrency: int,
                   on_phase: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run healthy, then with victims[0] killed, then with victims[0:2] killed; restart them after."""
     tallies: dict[tuple[str, str, str], Tally] = {}  # (phase, combo label, "read"|"write")
@@ -61,6 +61,7 @@ async def measure(client: Client, target: Target, combos: list[Quorum], *, victi
 
     async def worker() -> None:
         nonlocal counter
+        reads: LastReads = {}  # this worker's own reads: its writes supersede what it read, nothing else
         while not stop:
             n = counter
             counter += 1
@@ -72,8 +73,10 @@ async def measure(client: Client, target: Target, combos: list[Quorum], *, victi
             if is_read:
                 rep = await client.get(node, key, q)
             else:
-                rep = await client.put(node, key, value_for(seed, n, value_size), q, contexts.get(key))
-            contexts.see(key, rep.context)
+                rep = await client.put(node, key, value_for(seed, n, value_size), q, reads.pop(key, None),
+                                       returnbody=True)
+            if rep.ok and rep.read is not None:
+                reads[key] = rep.read
             ph = began if phase == began else "in_flight_at_kill"
             tally(ph, q, "read" if is_read else "write").add(rep.ok, rep.error or (str(rep.status) if not rep.ok else None))
 

@@ -1,25 +1,36 @@
-"""The async HTTP client of `python -m bench.rw` and the closed-loop workload runner.
+"""The bench's view of the cluster (on `dynamostore.client`) and the closed-loop workload runner.
 
-`Client` sends GET/PUT with per-request quorum headers to a chosen coordinator and times each request.
+`Client` sends GET/PUT with per-request quorums to a coordinator the bench chooses and times each request.
 `run_workload` drives `concurrency` closed-loop workers through one seeded `Workload` for a fixed time
-and returns latency percentiles per operation. The client keeps the last `X-Context` it saw per key and
-sends it with the next write, as Riak clients do: blind writes would each add a sibling under DVVs.
+and returns latency percentiles per operation.
+
+Contexts: a write carries the context of its writer's own last read of the key (a GET, or the state its
+previous write returned with `returnbody`), as Riak clients do, and never one the writer did not read with
+its value. (The bench used to keep the last `X-Context` any request of any worker had seen: a write then
+superseded values its writer never read, which loses updates.) A key its writer has not read is written
+blind: concurrent with what is stored, a sibling.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
-
-import aiohttp
 
 from bench.rw.workload import Op, OpKind, Workload, key_name, value_for
+from dynamostore.client import (
+    AsyncClient,
+    BadRequest,
+    ClientError,
+    Conflict,
+    Consistency,
+    Object,
+    QuorumError,
+    ServerError,
+    Unreachable,
+)
 
 PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0), ("p99.9", 99.9))
 
@@ -40,87 +51,79 @@ class Reply:
     ok: bool
     status: int  # 0: no HTTP answer (connection refused/reset, client timeout)
     latency_s: float
-    context: str | None = None
+    read: Object | None = None  # GET: the state read; PUT: the state after the write (returnbody)
     values: tuple[bytes, ...] = ()  # GET: the value, or every sibling; empty for 404 and writes
     error: str | None = None
 
 
+def _failure(exc: ClientError) -> tuple[int, str]:
+    """(HTTP status or 0, a short name) of a failed request, for the tallies."""
+    if isinstance(exc, QuorumError):
+        return 503, "unavailable"
+    if isinstance(exc, BadRequest):
+        return exc.status, exc.error
+    if isinstance(exc, Conflict):
+        return 409, "conflict"
+    if isinstance(exc, ServerError):
+        return exc.status, "server_error"
+    if isinstance(exc, Unreachable):
+        return 0, exc.attempts[-1].split(": ", 1)[-1] if exc.attempts else "unreachable"
+    return 0, type(exc).__name__
+
+
 class Client:
-    """Requests to the cluster's HTTP API; `live` is the set of coordinators it may route to."""
+    """One `dynamostore.client.AsyncClient` per node, each pinned to its node (`routing="seeds"`): the bench
+    chooses every request's coordinator itself (round robin over `live`; t-visibility writes through one node
+    and reads through another), so the client's own routing and fail-over stay out of the measurement."""
 
     def __init__(self, urls: list[str], timeout_ms: int = 2000, connections: int = 64) -> None:
         self.urls = urls
         self.timeout_ms = timeout_ms
         self.live: list[int] = list(range(len(urls)))
         self._connections = connections
-        self._session: aiohttp.ClientSession | None = None
+        self._nodes: list[AsyncClient] = []
 
     async def __aenter__(self) -> Client:
-        conn = aiohttp.TCPConnector(limit=self._connections)
-        # Client-side timeout well above the server's X-Timeout-Ms: the server must answer 503 itself.
-        self._session = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=self.timeout_ms / 1000 + 5))
+        # Client-side time well above the server's X-Timeout-Ms: the server must answer 503 itself.
+        budget = self.timeout_ms / 1000 + 5
+        self._nodes = [AsyncClient(u, routing="seeds", connections=self._connections, deadline=budget,
+                                   attempt_timeout=budget, connect_timeout=budget) for u in self.urls]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for c in self._nodes:
+            await c.close()
 
     def coordinator(self, n: int) -> int:
         """The n-th coordinator in round robin over the live nodes (deterministic for a given n)."""
         return self.live[n % len(self.live)]
 
-    def _headers(self, q: Quorum) -> dict[str, str]:
-        return {
-            "X-Read-Quorum": str(q.r),
-            "X-Write-Quorum": str(q.w),
-            "X-Sloppy-Quorum": "true" if q.sloppy else "false",
-            "X-Timeout-Ms": str(self.timeout_ms),
-        }
+    def _opts(self, q: Quorum) -> Consistency:
+        return {"r": q.r, "w": q.w, "sloppy": q.sloppy, "timeout": self.timeout_ms / 1000}
 
     async def get(self, node: int, key: str, q: Quorum) -> Reply:
-        assert self._session is not None, "use the client as an async context manager"
-        headers = {**self._headers(q), "Accept": "application/json"}
+        assert self._nodes, "use the client as an async context manager"
         start = time.perf_counter()
         try:
-            async with self._session.get(f"{self.urls[node]}/kv/{quote(key, safe='')}", headers=headers) as r:
-                body = await r.read()
-                lat = time.perf_counter() - start
-                ctx = r.headers.get("X-Context")
-                if r.status == 200:
-                    return Reply(True, 200, lat, ctx, (body,))
-                if r.status == 300:
-                    sibs = tuple(base64.b64decode(s["value"]) for s in json.loads(body)["siblings"])
-                    return Reply(True, 300, lat, ctx, sibs)
-                if r.status == 404:
-                    return Reply(True, 404, lat, ctx)
-                return Reply(False, r.status, lat, error=_reason(body))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            return Reply(False, 0, time.perf_counter() - start, error=type(exc).__name__)
+            obj = await self._nodes[node].get(key, missing_ok=True, **self._opts(q))
+        except ClientError as exc:
+            status, why = _failure(exc)
+            return Reply(False, status, time.perf_counter() - start, error=why)
+        lat = time.perf_counter() - start
+        status = 404 if not obj.exists else 200 if len(obj.siblings) == 1 else 300
+        return Reply(True, status, lat, obj, tuple(s.value for s in obj.siblings))
 
-    async def put(self, node: int, key: str, value: bytes, q: Quorum, context: str | None = None) -> Reply:
-        assert self._session is not None, "use the client as an async context manager"
-        headers = {**self._headers(q), "Content-Type": "application/octet-stream"}
-        if context:
-            headers["X-Context"] = context
+    async def put(self, node: int, key: str, value: bytes, q: Quorum, context: Object | None = None,
+                  returnbody: bool = False) -> Reply:
+        assert self._nodes, "use the client as an async context manager"
         start = time.perf_counter()
         try:
-            async with self._session.put(f"{self.urls[node]}/kv/{quote(key, safe='')}", data=value,
-                                         headers=headers) as r:
-                body = await r.read()
-                lat = time.perf_counter() - start
-                if r.status in (200, 204):
-                    return Reply(True, r.status, lat, r.headers.get("X-Context"))
-                return Reply(False, r.status, lat, error=_reason(body))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            return Reply(False, 0, time.perf_counter() - start, error=type(exc).__name__)
-
-
-def _reason(body: bytes) -> str:
-    try:
-        doc: dict[str, Any] = json.loads(body)
-        return str(doc.get("error", "error"))
-    except ValueError:
-        return "error"
+            res = await self._nodes[node].put(key, value, context=context, returnbody=returnbody,
+                                              **self._opts(q))
+        except ClientError as exc:
+            status, why = _failure(exc)
+            return Reply(False, status, time.perf_counter() - start, error=why)
+        return Reply(True, 200 if res.object is not None else 204, time.perf_counter() - start, res.object)
 
 
 def percentiles(latencies_s: list[float]) -> dict[str, float]:
@@ -153,41 +156,38 @@ class OpStats:
         return {"ok": self.ok, "errors": self.errors, "latency_ms": percentiles(self.latencies)}
 
 
-class ContextCache:
-    """The last X-Context seen per key: the next write to that key supersedes what the client saw."""
-
-    def __init__(self) -> None:
-        self._ctx: dict[str, str] = {}
-
-    def get(self, key: str) -> str | None:
-        return self._ctx.get(key)
-
-    def see(self, key: str, ctx: str | None) -> None:
-        if ctx:
-            self._ctx[key] = ctx
+LastReads = dict[str, Object]  # one worker's last read of each key (a GET, or its own write's returnbody)
 
 
 async def execute(client: Client, op: Op, n: int, q: Quorum, seed: int, value_size: int,
-                  contexts: ContextCache) -> tuple[bool, float]:
-    """Run one operation at coordinator number `n`; returns (succeeded, latency in seconds)."""
+                  reads: LastReads) -> tuple[bool, float]:
+    """Run one operation at coordinator number `n`; returns (succeeded, latency in seconds). `reads` is the
+    running worker's own: what it read is what its writes supersede."""
     key = key_name(op.key)
     node = client.coordinator(n)
     if op.kind is OpKind.READ:
         rep = await client.get(node, key, q)
-        contexts.see(key, rep.context)
+        _remember(reads, key, rep)
         return rep.ok, rep.latency_s
     value = value_for(seed, n, value_size)
     if op.kind is OpKind.UPDATE:
-        rep = await client.put(node, key, value, q, contexts.get(key))
-        contexts.see(key, rep.context)
+        # returnbody: the state after this write is the writer's next read (the value it just wrote, and
+        # any sibling written concurrently), so its next update supersedes exactly that
+        rep = await client.put(node, key, value, q, reads.pop(key, None), returnbody=True)
+        _remember(reads, key, rep)
         return rep.ok, rep.latency_s
     # read-modify-write: the write carries the context of the read it modifies (YCSB workload F)
     got = await client.get(node, key, q)
     if not got.ok:
         return False, got.latency_s
-    rep = await client.put(node, key, value, q, got.context)
-    contexts.see(key, rep.context)
+    rep = await client.put(node, key, value, q, got.read, returnbody=True)
+    _remember(reads, key, rep)
     return rep.ok, got.latency_s + rep.latency_s
+
+
+def _remember(reads: LastReads, key: str, rep: Reply) -> None:
+    if rep.ok and rep.read is not None:
+        reads[key] = rep.read
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +216,7 @@ class RunResult:
 
 
 async def run_workload(client: Client, workload: Workload, q: Quorum, *, duration_s: float, concurrency: int,
-                       seed: int, value_size: int, contexts: ContextCache,
+                       seed: int, value_size: int,
                        on_tick: Callable[[float], None] | None = None) -> RunResult:
     """Closed loop: `concurrency` workers each take the next operation of the sequence until time is up."""
     stats = {k: OpStats() for k in OpKind}
@@ -226,11 +226,12 @@ async def run_workload(client: Client, workload: Workload, q: Quorum, *, duratio
 
     async def worker() -> None:
         nonlocal counter
+        reads: LastReads = {}
         while time.perf_counter() < end:
             op = workload.next()  # single-threaded loop: the sequence is taken in order, whoever runs it
             n = counter
             counter += 1
-            ok, lat = await execute(client, op, n, q, seed, value_size, contexts)
+            ok, lat = await execute(client, op, n, q, seed, value_size, reads)
             stats[op.kind].add(ok, lat)
 
     async def ticker() -> None:
@@ -252,8 +253,7 @@ async def run_workload(client: Client, workload: Workload, q: Quorum, *, duratio
     return RunResult(workload.spec.name, q, elapsed, ops)
 
 
-async def preload(client: Client, keys: int, *, n_val: int, seed: int, value_size: int, concurrency: int,
-                  contexts: ContextCache) -> int:
+async def preload(client: Client, keys: int, *, n_val: int, seed: int, value_size: int, concurrency: int) -> int:
     """Write every key once at W=N so every run starts from fully replicated data; returns failures."""
     q = Quorum(r=1, w=n_val)
     failures = 0
@@ -263,8 +263,7 @@ async def preload(client: Client, keys: int, *, n_val: int, seed: int, value_siz
         nonlocal failures
         for i in it:
             key = key_name(i)
-            rep = await client.put(client.coordinator(i), key, value_for(seed, -i, value_size), q, contexts.get(key))
-            contexts.see(key, rep.context)
+            rep = await client.put(client.coordinator(i), key, value_for(seed, -i, value_size), q)
             failures += not rep.ok
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))

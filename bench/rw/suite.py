@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.rw import availability, report, visibility
 from bench.rw.cluster import LocalCluster, Target
-from bench.rw.runner import Client, ContextCache, Quorum, preload, run_workload
+from bench.rw.runner import Client, Quorum, preload, run_workload
 from bench.rw.workload import WORKLOADS, Workload
 
 RW_SWEEP: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 1), (2, 2), (1, 3), (3, 1), (3, 3))
@@ -69,13 +69,12 @@ async def _sweep(client: Client, cfg: BenchConfig, progress: Progress, task: Any
     rows = []
     for wl in cfg.workloads:
         # A fresh generator per (workload, R/W): every cell of the sweep replays the same sequence.
-        contexts = ContextCache()
         for r, w in cfg.rw:
             q = Quorum(r, w)
             progress.update(task, description=f"workload {wl} {q.label}")
             gen = Workload(WORKLOADS[wl], cfg.keys, cfg.seed, cfg.distribution)
             res = await run_workload(client, gen, q, duration_s=cfg.duration_s, concurrency=cfg.concurrency,
-                                     seed=cfg.seed, value_size=cfg.value_size, contexts=contexts,
+                                     seed=cfg.seed, value_size=cfg.value_size,
                                      on_tick=lambda dt: progress.advance(task, dt))
             rows.append(res.to_json())
     return rows
@@ -154,9 +153,8 @@ async def _phases(cfg: BenchConfig, console: Console, target: Target) -> dict[st
             t_sweep = progress.add_task("preloading keys", total=sweep_units)
             t_vis = progress.add_task("t-visibility", total=len(cfg.rw))
             t_av = progress.add_task("availability", total=4)
-            contexts = ContextCache()
             failed = await preload(client, cfg.keys, n_val=target.n_val, seed=cfg.seed, value_size=cfg.value_size,
-                                   concurrency=cfg.concurrency, contexts=contexts)
+                                   concurrency=cfg.concurrency)
             doc["meta"]["preload_failures"] = failed
             doc["throughput"] = await _sweep(client, cfg, progress, t_sweep)
             progress.update(t_sweep, completed=sweep_units, description="latency sweep done")
@@ -177,7 +175,7 @@ async def _phases(cfg: BenchConfig, console: Console, target: Target) -> dict[st
                 doc["availability"] = await availability.measure(
                     client, target, combos, victims=[target.ids[-1], target.ids[-2]], phase_s=cfg.avail_phase_s,
                     keys=cfg.keys, seed=cfg.seed, value_size=cfg.value_size, concurrency=cfg.concurrency,
-                    contexts=contexts, on_phase=phase)
+                    on_phase=phase)
                 if len(target.ids) <= target.n_val:
                     doc["availability"]["note"] = (
                         f"{len(target.ids)} nodes with N={target.n_val}: every node is a primary, so there is no "

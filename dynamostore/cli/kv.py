@@ -1,71 +1,83 @@
-"""`dynamostore kv get|put|delete`: a command-line client of one key."""
+"""`dynamostore kv get|put|delete`: a command-line client of one key, on `dynamostore.client`.
+
+The request goes to a primary of the key (the client reads the ring from the `--url` node) and fails over
+to the next node of its preference list. A put or delete first reads the key and writes with that read's
+context, as Riak's clients do, so it replaces what is there (siblings included) instead of becoming one
+more sibling; `--blind` skips the read, `--context` gives a context read earlier.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from dynamostore.cli.http import request as _request
+from dynamostore.client import BadRequest, Client, ClientError, Consistency, Info, NotFound, Object, QuorumError
+
+
+def _options(args: argparse.Namespace) -> Consistency:
+    opts: Consistency = {}
+    if args.consistency:
+        opts["level"] = args.consistency
+    if getattr(args, "r", None):
+        opts["r"] = args.r
+    if getattr(args, "w", None):
+        opts["w"] = args.w
+    if args.strict:
+        opts["sloppy"] = False
+    return opts
+
+
+def _print_info(info: Info, write: bool) -> None:
+    if info.coordinator is not None:
+        print(f"X-Coordinator: {info.coordinator}", file=sys.stderr)
+    if info.replies is not None:
+        print(f"{'X-Acks' if write else 'X-Replies'}: {info.replies}", file=sys.stderr)
+    if info.hinted is not None:
+        print(f"X-Hinted: {info.hinted}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
-    from urllib.parse import quote
-
-    url = f"{args.url.rstrip('/')}/kv/{quote(args.key, safe='')}"
-    headers: dict[str, str] = {}
-    if args.context:
-        headers["X-Context"] = args.context
-    if args.consistency:
-        headers["X-Consistency-Level"] = args.consistency
-    if getattr(args, "r", None):
-        headers["X-Read-Quorum"] = args.r
-    if getattr(args, "w", None):
-        headers["X-Write-Quorum"] = args.w
-    if args.strict:
-        headers["X-Sloppy-Quorum"] = "false"
-    if args.op != "get" and not args.context and not args.blind:
-        # Like Riak's clients: read first and write with that context, so the write replaces what is
-        # there (siblings included) instead of becoming one more sibling. --blind skips the read.
-        read_headers = {k: v for k, v in headers.items() if k != "X-Write-Quorum"}
-        _, rh, _ = _request("GET", url, None, {**read_headers, "Accept": "application/json"})
-        if rh.get("X-Context"):
-            headers["X-Context"] = rh["X-Context"]
-    body: bytes | None = None
-    if args.op == "get":
-        headers["Accept"] = "application/json"
-        status, h, data = _request("GET", url, None, headers)
-    elif args.op == "put":
-        body = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
-        headers["Content-Type"] = args.content_type
-        status, h, data = _request("PUT", url, body, headers)
-    else:
-        status, h, data = _request("DELETE", url, None, headers)
-    ctx = h.get("X-Context")
-    info = {k: h[k] for k in ("X-Coordinator", "X-Acks", "X-Replies", "X-Hinted") if k in h}
-    if status == 200:
-        sys.stdout.buffer.write(data + (b"" if data.endswith(b"\n") else b"\n"))
-    elif status == 300:
-        doc = json.loads(data)
-        print(f"{len(doc['siblings'])} siblings:")
-        import base64
-
-        for s in doc["siblings"]:
-            print(f"  [{s['content_type']}] {base64.b64decode(s['value']).decode(errors='replace')}")
-    elif status == 204:
-        print("ok")
-    elif status == 404:
+    opts = _options(args)
+    urls = [u.strip() for u in args.url.split(",") if u.strip()]
+    try:
+        with Client(urls) as client:
+            if args.op == "get":
+                obj = client.get(args.key, **opts)
+                if len(obj.siblings) == 1:
+                    data = obj.siblings[0].value
+                    sys.stdout.buffer.write(data + (b"" if data.endswith(b"\n") else b"\n"))
+                else:
+                    print(f"{len(obj.siblings)} siblings:")
+                    for s in obj.siblings:
+                        print(f"  [{s.content_type}] {s.value.decode(errors='replace')}")
+                if args.verbose:
+                    _print_info(obj.info, write=False)
+                if obj.context:
+                    print(f"X-Context: {obj.context}", file=sys.stderr)
+                return 0
+            context: Object | str | None = args.context or None
+            if context is None and not args.blind:
+                context = client.get(args.key, missing_ok=True, **opts)
+            if args.op == "put":
+                body = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
+                res = client.put(args.key, body, context=context, content_type=args.content_type, **opts)
+            else:
+                res = client.delete(args.key, context=context, **opts)
+            print("ok")
+            _print_info(res.info, write=True)
+            return 0
+    except NotFound as missing:
         print("not found", file=sys.stderr)
-    else:
-        try:
-            reason = json.loads(data).get("reason", data.decode(errors="replace"))
-        except ValueError:
-            reason = data.decode(errors="replace")
-        print(f"error {status}: {reason}", file=sys.stderr)
+        if missing.context:
+            print(f"X-Context: {missing.context}", file=sys.stderr)
+        return 2
+    except (BadRequest, QuorumError) as refused:
+        status = refused.status if isinstance(refused, BadRequest) else 503
+        print(f"error {status}: {refused.reason}", file=sys.stderr)
         return 1
-    if args.verbose or args.op != "get":
-        for k, val in info.items():
-            print(f"{k}: {val}", file=sys.stderr)
-    if ctx:
-        print(f"X-Context: {ctx}", file=sys.stderr)
-    return 0 if status in (200, 204, 300) else 2
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as bad:  # a malformed key or option, refused before anything was sent
+        print(f"dynamostore kv: {bad}", file=sys.stderr)
+        return 2

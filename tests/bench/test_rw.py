@@ -130,3 +130,43 @@ def test_tiny_bench_end_to_end(tmp_path: Path) -> None:
             assert r["one_down"]["write"]["success"] == 0.0
         if r["r"] == 1:
             assert r["two_down"]["read"]["success"] == 1.0
+
+
+async def test_a_write_carries_only_its_own_workers_last_read() -> None:
+    """The lost-update bug of the old shared context cache: a worker's write must never carry a context
+    another worker read (or a write's answer), only what this worker read with the value."""
+    import asyncio
+
+    from bench.rw.runner import LastReads, Op, OpKind, Quorum, Reply, execute
+    from dynamostore.client import Object, Sibling
+
+    class Fake:
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, str | None]] = []
+            self.version = 0
+
+        def coordinator(self, n: int) -> int:
+            return 0
+
+        def _state(self, key: str) -> Object:
+            self.version += 1
+            return Object(key, (Sibling(b"v"),), f"ctx{self.version}")
+
+        async def get(self, node: int, key: str, q: Quorum) -> Reply:
+            await asyncio.sleep(0)
+            return Reply(True, 200, 0.001, self._state(key), (b"v",))
+
+        async def put(self, node: int, key: str, value: bytes, q: Quorum, context: Object | None = None,
+                      returnbody: bool = False) -> Reply:
+            self.sent.append(("put", context.context if context is not None else None))
+            return Reply(True, 200, 0.001, self._state(key) if returnbody else None)
+
+    fake = Fake()
+    q = Quorum(2, 2)
+    a: LastReads = {}
+    b: LastReads = {}
+    await execute(fake, Op(OpKind.READ, 1), 0, q, 1, 10, a)  # type: ignore[arg-type]  # A reads: ctx1
+    await execute(fake, Op(OpKind.UPDATE, 1), 1, q, 1, 10, b)  # type: ignore[arg-type]  # B never read: blind
+    await execute(fake, Op(OpKind.UPDATE, 1), 2, q, 1, 10, a)  # type: ignore[arg-type]  # A: its read, ctx1
+    await execute(fake, Op(OpKind.UPDATE, 1), 3, q, 1, 10, a)  # type: ignore[arg-type]  # A: its write's state
+    assert fake.sent == [("put", None), ("put", "ctx1"), ("put", "ctx3")]
