@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -51,6 +51,11 @@ class RequestStats(Collector):
             self.sums[op] = 0.0
         counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # the first bound >= seconds: `le` semantics
         self.sums[op] += seconds
+
+    def snapshot(self) -> tuple[dict[tuple[str, int], int], dict[str, list[int]]]:
+        """Copies of the counters (by (op, status)) and of the latency buckets (by op), read at sample time:
+        the console's time series are differences between two snapshots, so requests pay nothing for them."""
+        return dict(self.counts), {op: list(counts) for op, counts in self.buckets.items()}
 
     def collect(self) -> Iterable[Metric]:
         requests = CounterMetricFamily("dynamostore_requests", "Client requests by operation and HTTP status",
@@ -124,3 +129,22 @@ def gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = Non
     g = GaugeMetricFamily(name, doc, labels=list(labels))
     g.add_metric(list(labels.values()), value)
     return g
+
+
+def quantile(counts: Sequence[int], q: float, bounds: Sequence[float] = LATENCY_BUCKETS) -> float | None:
+    """The q-quantile (0 < q <= 1) of observations counted per bucket (not cumulative; the last bucket is
+    +Inf), interpolated linearly inside its bucket as Prometheus' histogram_quantile does; None when there
+    is none. A quantile in the +Inf bucket is reported as the largest finite bound."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    below = 0
+    for i, n in enumerate(counts):
+        if n and below + n >= rank:
+            if i >= len(bounds):
+                return bounds[-1]
+            low = bounds[i - 1] if i > 0 else 0.0
+            return low + (bounds[i] - low) * (rank - below) / n
+        below += n
+    return bounds[-1]

@@ -19,15 +19,17 @@ import time
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from dynamostore import native
 from dynamostore.api.admin import AdminApi
+from dynamostore.api.debug import DebugApi, debug_routes
 from dynamostore.api.kv import KvApi
 from dynamostore.api.openapi import spec
 from dynamostore.api.ops import OpsApi
 from dynamostore.api.routes import build_server
 from dynamostore.api.server import HttpServer
+from dynamostore.api.ui import ConsoleApi, console_routes
 from dynamostore.cluster.liveness import Detector, Heartbeater
 from dynamostore.cluster.membership import MembershipService
 from dynamostore.cluster.peers import LivenessView, PeerCalls
@@ -36,6 +38,7 @@ from dynamostore.config import NodeConfig
 from dynamostore.kv import versioning as v
 from dynamostore.kv.context import ContextCodec
 from dynamostore.kv.coordinator import Coordinator, ForwardError, Unavailable, WriteOptions
+from dynamostore.kv.inspect import NodeRecords
 from dynamostore.kv.replica import LocalReplica, SiblingLimitError
 from dynamostore.metrics import NodeMetrics, gauge
 from dynamostore.net.rpc import RpcClient, RpcRemoteError, RpcRouter, RpcServer, RpcUnavailable
@@ -43,6 +46,7 @@ from dynamostore.outcome import Then
 from dynamostore.runtime import LoopClock, Supervisor
 from dynamostore.services.antientropy import AntiEntropyService
 from dynamostore.services.handoff import HandoffService
+from dynamostore.services.history import HistoryService, Reading
 from dynamostore.services.transfer import TransferService
 from dynamostore.storage.store import Storage
 from dynamostore.views import Service
@@ -100,6 +104,7 @@ class Node:
         self.handoff: HandoffService
         self.antientropy: AntiEntropyService
         self.transfers: TransferService
+        self.history: HistoryService
 
     # --- ClusterView (what the coordinator sees of its node) -------------------------------------------
 
@@ -216,8 +221,9 @@ class Node:
         # Who hears of what: a new membership (this node first: it watches new peers), a peer back up.
         self.cluster.listeners += [self._watch_members, self.antientropy.ring_changed, self.transfers.ring_changed]
         self.peers.on_up += [self.handoff.peer_up, self.antientropy.peer_up]
+        self.history = HistoryService(self._reading, self.clock)
         # membership first: replaying its log sets the ring the others work with
-        self.services = [self.membership, self.handoff, self.antientropy, self.transfers]
+        self.services = [self.membership, self.handoff, self.antientropy, self.transfers, self.history]
         self._register_rpc()
         for s in self.services:  # before the RPC server, so their methods are there for the first peer
             await s.start()
@@ -231,7 +237,11 @@ class Node:
                      spec(self.n_val, limits.max_value_bytes, limits.max_key_bytes),
                      self._delay if f.testing_faults else None)
         admin = AdminApi(self.membership, self.liveness, self._ping_member)
-        self.http_runner = build_server(kv, ops, admin, self.metrics)
+        debug = DebugApi(placement=self.cluster, liveness=self.liveness, peers=self.peers, local=self._inspect_local,
+                         locate=self.replica.ref, max_key_bytes=limits.max_key_bytes)
+        console_exact, console_prefixed = console_routes(ConsoleApi(self.history.document))
+        self.http_runner = build_server(kv, ops, admin, self.metrics, extra=console_exact,
+                                        prefixed=console_prefixed | debug_routes(debug))
         await self.http_runner.start(me.http_host, me.http_port, reuse_address=True)
         log.info("node %s serving http://%s:%d (rpc %s:%d); compiled modules: %s", self.node_id, me.http_host,
                  me.http_port, me.rpc_host, me.rpc_port, native.status)
@@ -285,6 +295,7 @@ class Node:
         r.register("kv.get", self._rpc_get)
         r.register("kv.put", self._rpc_put)
         r.register("kv.coord_put", self._rpc_coord_put)
+        r.register("kv.inspect", self._rpc_inspect)
 
     async def _rpc_ping(self, payload: Any, peer: str) -> Any:
         if isinstance(payload, int):
@@ -339,7 +350,34 @@ class Node:
             raise RpcRemoteError(refused.code, str(refused)) from refused
         return [res.coordinator, res.acks, res.hinted, res.durable, v.encode(res.state)]
 
+    async def _rpc_inspect(self, payload: Any, peer: str) -> Any:
+        try:
+            key = bytes(payload[0])
+        except (TypeError, ValueError, IndexError) as exc:
+            raise _bad(f"kv.inspect payload: {exc}") from exc
+        return (await self._inspect_local(key)).to_wire()
+
+    async def _inspect_local(self, key: bytes) -> NodeRecords:
+        """This node's stored records of a key: its data record, every hint record it keeps for it (for any
+        node it knows or holds hints for), and its Merkle leaf hash of the key's segment (the key inspector)."""
+        ref = self.replica.ref(key)
+        targets = sorted((set(self.cluster.addresses) | set(self.handoff.pending())) - {self.node_id})
+        return NodeRecords(await self.replica.stored(ref), await self.replica.hint_records(ref, targets),
+                           self.antientropy.leaf_hex(ref.partition, ref.segment))
+
     # --- observability --------------------------------------------------------------------------------
+
+    def _reading(self) -> Reading:
+        """The cumulative counters the console's time series are differences of (services/history.py)."""
+        counts, buckets = self.metrics.requests.snapshot()
+        ae = self.antientropy.totals
+        return Reading(
+            t=time.time(), mono=self.clock.now(), counts=counts, buckets=buckets,
+            hints_pending=self.handoff.pending(), hints_delivered=self.handoff.delivered_total(),
+            siblings_written=self.replica.siblings_written, siblings_merged=self.replica.siblings_merged,
+            ae_exchanges=ae.exchanges_ok + ae.exchanges_failed + ae.exchanges_unavailable,
+            ae_keys_differing=ae.keys_differing, ae_keys_repaired=ae.keys_repaired,
+        )
 
     def status(self) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -362,10 +400,13 @@ class Node:
                 "n_val": self.n_val,
                 "owned": [p for p, o in enumerate(ring.owners) if o == self.node_id] if ring else [],
                 "owners": list(ring.owners) if ring else [],
+                # each partition's primaries, in preference order (the ring caches its walks)
+                "replicas": [ring.preference_list(p, self.n_val)[0] for p in range(ring.num_partitions)] if ring else [],
             },
             "members": members,
             "storage": self.storage.stats(),
             "coordinator": {"read_repairs": self.coordinator.read_repairs, "forwarded": self.coordinator.forwarded},
+            "siblings": {"written": self.replica.siblings_written, "merged": self.replica.siblings_merged},
             "compiled_modules": {"active": native.active, "status": native.status},
         }
         for s in self.services:
@@ -379,5 +420,11 @@ class Node:
         yield gauge("dynamostore_ring_epoch", "Ring epoch this node serves with", float(self.ring_epoch))
         for k, val in self.storage.stats().items():
             yield gauge(f"dynamostore_storage_{k}", f"storage engine statistic {k}", float(val))
+        sib = CounterMetricFamily("dynamostore_siblings_created", "Concurrent values formed on this node: by writes "
+                                  "it coordinated (written) or by merging copies from elsewhere (merged)",
+                                  labels=["how"])
+        sib.add_metric(["written"], float(self.replica.siblings_written))
+        sib.add_metric(["merged"], float(self.replica.siblings_merged))
+        yield sib
         for s in self.services:
             yield from s.gauges()

@@ -1,5 +1,6 @@
-"""The HTTP routing table of a node: exact-path routes, the key routes by prefix, the mapping of errors to
-statuses, and the request counters and latencies (metrics.RequestStats)."""
+"""The HTTP routing table of a node: exact-path routes, the key routes by prefix, a few other prefix routes
+(the console's files, the key inspector), the mapping of errors to statuses, and the request counters and
+latencies (metrics.RequestStats)."""
 
 from __future__ import annotations
 
@@ -28,9 +29,13 @@ def _too_large(size: int | None, limit: int) -> Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def build_server(api: KvApi, ops: OpsApi, admin: AdminApi, metrics: NodeMetrics) -> HttpServer:
-    """Our own dispatch on dynamostore.api.server: exact-path routes, the key routes by prefix, the
-    error mapping below, and the request counters and latencies (metrics.RequestStats)."""
+def build_server(api: KvApi, ops: OpsApi, admin: AdminApi, metrics: NodeMetrics,
+                 extra: dict[tuple[str, str], Handler] | None = None,
+                 prefixed: dict[str, dict[str, Handler]] | None = None) -> HttpServer:
+    """Our own dispatch on dynamostore.api.server: exact-path routes (`extra` adds some by (method, path)),
+    the key routes by prefix, other routes by prefix (`prefixed`: prefix -> method -> handler; looked at only
+    when no exact route matched, so a key request never pays for them), the error mapping below, and the
+    request counters and latencies (metrics.RequestStats)."""
     limit = api.limits.max_value_bytes
     kv: dict[str, Handler] = {"GET": api.get, "HEAD": api.get, "PUT": api.put, "POST": api.put,
                               "DELETE": api.delete}
@@ -43,8 +48,15 @@ def build_server(api: KvApi, ops: OpsApi, admin: AdminApi, metrics: NodeMetrics)
         "/kv": {m: api.empty_key for m in kv},
         "/kv/": {m: api.empty_key for m in kv},
     }
-    for (method, path), handler in admin_routes(admin).items():
+    for (method, path), handler in (admin_routes(admin) | (extra or {})).items():
         routes.setdefault(path, {})[method] = handler
+    prefixes = sorted((prefixed or {}).items(), key=lambda kv: -len(kv[0]))  # the longest prefix first
+
+    def by_prefix(path: str) -> dict[str, Handler] | None:
+        for prefix, methods in prefixes:
+            if path.startswith(prefix):
+                return methods
+        return None
 
     async def not_found(request: Request) -> Response:
         return error(404, "not_found", f"no such endpoint: {request.path}")
@@ -63,6 +75,8 @@ def build_server(api: KvApi, ops: OpsApi, admin: AdminApi, metrics: NodeMetrics)
         start = time.perf_counter()
         try:
             methods = kv if path.startswith("/kv/") and len(path) > 4 else routes.get(path)
+            if methods is None and prefixes:
+                methods = by_prefix(path)
             if methods is None:
                 handler: Handler = not_found
             elif request.method in methods:

@@ -104,6 +104,11 @@ class LocalReplica:
         self.max_siblings = max_siblings
         self.warn_siblings = warn_siblings
         self.on_change: ChangeHook | None = None  # the Merkle trees subscribe here
+        # Concurrent values that formed here (the console's "siblings created"): writes coordinated here
+        # that left the key with more than one live value, and merges of a copy from elsewhere (a replica
+        # write of another coordinator, a hint, a repair) that combined concurrent values neither side had.
+        self.siblings_written = 0
+        self.siblings_merged = 0
         self.on_new_hint: Callable[[str], None] | None = None  # the handoff worker counts pending hints
 
     @classmethod
@@ -208,8 +213,12 @@ class LocalReplica:
         def on_commit(result: tuple[v.VersionSet, bytes]) -> None:
             merkle(result)
             new, wire = result
-            if len(new.siblings) >= self.warn_siblings:
-                log.warning("key %r has %d siblings (limit %d)", ref.key, len(new.siblings), self.max_siblings)
+            n = len(new.siblings)
+            if n > 1:  # rare: the common write supersedes what it read
+                if len(new.live) > 1:
+                    self.siblings_written += 1
+                if n >= self.warn_siblings:
+                    log.warning("key %r has %d siblings (limit %d)", ref.key, n, self.max_siblings)
             if committed is not None:
                 committed(new, wire, digests[0])
 
@@ -264,6 +273,8 @@ class LocalReplica:
             if cur is not None and v.same_version(cur, merged):
                 digests[0] = digests[1] = old_digest
                 return raw, False
+            if cur is not None and len(merged.siblings) > 1:
+                self._count_merged_siblings(cur, incoming, merged)
             wire = v.encode(merged, local=False)
             digests[0], digests[1] = old_digest, v.digest_wire(wire)
             return v.with_local(wire, merged.local_actor), True
@@ -271,6 +282,13 @@ class LocalReplica:
         ns: Namespace = "data" if hint_for is None else "hints"
         skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
         return self.storage.update(ns, skey, apply, durable=durable, on_commit=self._hook(ref, hint_for, digests))
+
+    def _count_merged_siblings(self, cur: v.VersionSet, incoming: v.VersionSet, merged: v.VersionSet) -> None:
+        """Count a merge that combined concurrent values: more live ones than either side held (the storage
+        writer thread runs it; only the event loop reads the counter, and a torn read is impossible for an int)."""
+        live = len(merged.live)
+        if live > 1 and live > len(cur.live) and live > len(incoming.live):
+            self.siblings_merged += 1
 
     def _hook(self, ref: KeyRef, hint_for: str | None, digests: list[bytes | None]) -> Callable[[object], None]:
         """What follows a committed change, once `apply` has filled `digests` with (old, new): the Merkle trees
@@ -317,6 +335,15 @@ class LocalReplica:
     async def scan_partition(self, partition: int, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
         """Up to `limit` (storage key, record) pairs of one key partition, in key order after `after`."""
         return await self.storage.scan("data", partition_prefix(partition), start_after=after, limit=limit)
+
+    async def hint_records(self, ref: KeyRef, targets: list[str]) -> list[tuple[str, bytes]]:
+        """The hint records this node holds for one key, as (target, record), for the targets named."""
+        out: list[tuple[str, bytes]] = []
+        for target in targets:
+            raw = await self.storage.get("hints", hint_key(target, ref.skey))
+            if raw is not None:
+                out.append((target, raw))
+        return out
 
     async def holds_hint(self, skey: bytes, targets: list[str]) -> bool:
         """Whether this node holds a hint for storage key `skey` for any of `targets`."""

@@ -32,7 +32,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from prometheus_client.core import Metric
@@ -44,6 +44,7 @@ from antientropy.exchange import (
     ExchangeInitiator,
     ExchangeResult,
     RootRequest,
+    RootResponse,
     answer,
     decode,
     encode,
@@ -77,6 +78,29 @@ class NotReady(Exception):
 
 
 @dataclass
+class PairStats:
+    """One replica pair (this node, a peer) of one partition, from exchanges either side started.
+
+    A completed exchange leaves the pair agreeing (every differing key was merged both ways), so
+    `last_agreed` is when the last one completed and `last_differing` how many keys it had to repair. As the
+    responder this node learns only of exchanges that found the trees equal (and of repairs it merged);
+    the peer's own /status has the rest."""
+
+    last_agreed: float | None = None  # unix time
+    last_differing: int = 0
+    exchanges: int = 0
+    keys_differing: int = 0  # summed over the exchanges this node saw complete
+    repairs: int = 0  # keys this node's copy changed through exchanges with this peer
+    last_failure: float | None = None  # unix time of the last exchange with the peer that failed
+    last_error: str | None = None
+
+    def agreed(self, now: float, differing: int) -> None:
+        self.last_agreed, self.last_differing = now, differing
+        self.exchanges += 1
+        self.keys_differing += differing
+
+
+@dataclass
 class PartitionStats:
     last_exchange: float | None = None  # unix time of the last completed exchange (either role)
     last_peer: str | None = None
@@ -84,6 +108,13 @@ class PartitionStats:
     last_differing: int = 0
     repairs: int = 0  # keys this node's copy changed by anti-entropy
     pushed: int = 0  # keys peers changed because of exchanges this node initiated
+    pairs: dict[str, PairStats] = field(default_factory=dict)  # by peer
+
+    def pair(self, peer: str) -> PairStats:
+        st = self.pairs.get(peer)
+        if st is None:
+            st = self.pairs[peer] = PairStats()
+        return st
 
 
 @dataclass
@@ -273,6 +304,9 @@ class AntiEntropyService:
             self.sched.finished(task, self.clock.now(), outcome, differing)
             if not cancelled:
                 self._count(outcome)
+                if outcome is not ExchangeOutcome.OK:
+                    pair = self.stats.setdefault(task.partition, PartitionStats()).pair(task.peer)
+                    pair.last_failure, pair.last_error = time.time(), outcome.value
 
     def _count(self, outcome: ExchangeOutcome) -> None:
         self.metrics.ae_exchanges.labels(outcome.value).inc()
@@ -300,6 +334,7 @@ class AntiEntropyService:
         st = self.stats.setdefault(partition, PartitionStats())  # the ring may have moved it meanwhile
         st.last_exchange, st.last_peer, st.last_differing = time.time(), peer, len(keys)
         st.exchanges += 1
+        st.pair(peer).agreed(st.last_exchange, len(keys))
         self.totals.keys_differing += len(keys)
         return len(keys)
 
@@ -351,7 +386,7 @@ class AntiEntropyService:
             got = [(bytes(k), bytes(r)) for k, r in states]
             self.totals.repair_bytes_sent += size
             self.totals.repair_bytes_received += sum(len(k) + len(r) for k, r in got)
-            await self._merge(partition, got)
+            await self._merge(partition, peer, got)
             self.stats.setdefault(partition, PartitionStats()).pushed += int(changed_there)
             self.totals.keys_pushed += int(changed_there)
 
@@ -361,7 +396,7 @@ class AntiEntropyService:
             if n > 0:
                 await self.clock.sleep(max(0.005, self.sched.repair_wait(n, self.clock.now())))
 
-    async def _merge(self, partition: int, states: list[tuple[bytes, bytes]]) -> int:
+    async def _merge(self, partition: int, peer: str, states: list[tuple[bytes, bytes]]) -> int:
         """Merge states in with causality (one storage batch); count the keys whose copy changed."""
         replica = self.replica
         refs = [replica.ref(k) for k, _ in states]
@@ -370,7 +405,9 @@ class AntiEntropyService:
         decoded = [v.decode(raw) for _, raw in states]
         changed = await asyncio.gather(*(replica.merge(ref, st, durable=False) for ref, st in zip(refs, decoded)))
         n = sum(1 for c in changed if c)
-        self.stats.setdefault(partition, PartitionStats()).repairs += n
+        st = self.stats.setdefault(partition, PartitionStats())
+        st.repairs += n
+        st.pair(peer).repairs += n
         self.totals.keys_repaired += n
         self.metrics.ae_keys_repaired.inc(n)
         return n
@@ -408,7 +445,10 @@ class AntiEntropyService:
                      and _leaf_of(scanned[b.segment]) != tree.segment_hash(b.segment)]
             if stale:
                 self._spawn(self._fix(partition, stale), f"ae-fix-{partition}")
-        return encode(answer(tree, request, lambda seg: scanned.get(seg, {})))
+        response = answer(tree, request, lambda seg: scanned.get(seg, {}))
+        if isinstance(response, RootResponse) and response.equal:  # the whole exchange, seen from this side
+            self.stats.setdefault(partition, PartitionStats()).pair(peer).agreed(time.time(), 0)
+        return encode(response)
 
     async def _fix(self, partition: int, segments: list[int]) -> None:
         await self.trees.verify_segments(partition, segments)
@@ -421,7 +461,7 @@ class AntiEntropyService:
         except (TypeError, ValueError, IndexError) as exc:
             raise RpcRemoteError("bad_request", f"ae.repair payload: {exc}") from exc
         try:
-            changed = await self._merge(partition, push)
+            changed = await self._merge(partition, peer, push)
         except v.VersionError as exc:
             raise RpcRemoteError("bad_request", f"ae.repair: {exc}") from exc
         replica = self.replica
@@ -440,6 +480,13 @@ class AntiEntropyService:
 
     # --- observability --------------------------------------------------------------------------------
 
+    def leaf_hex(self, partition: int, segment: int) -> str | None:
+        """This node's Merkle leaf hash of one segment of a partition; None while its tree is not built (or
+        the node does not replicate the partition)."""
+        if not self.settings.enabled or partition not in self.trees.built:
+            return None
+        return self.trees.trees[partition].segment_hash(segment).hex()
+
     def status(self) -> dict[str, Any]:
         now = time.time()
         parts: dict[str, Any] = {}
@@ -456,6 +503,8 @@ class AntiEntropyService:
                     "last_differing": st.last_differing,
                     "repairs": st.repairs,
                     "pushed": st.pushed,
+                    "pairs": {peer: _pair_status(pair, now) for peer, pair in sorted(st.pairs.items())},
+                    "peers": list(self.peers_of.get(p, ())),
                 }
         running = [] if not self.settings.enabled else [
             {"partition": t.partition, "peer": t.peer} for t in self.sched.running
@@ -463,6 +512,7 @@ class AntiEntropyService:
         return {
             "antientropy": {
                 "enabled": self.settings.enabled,
+                "exchange_interval_s": self.settings.exchange_interval_s,
                 "trees_built": len(self.trees.built),
                 "trees_total": len(self.partitions) if self.settings.enabled else 0,
                 "built_in_s": self.built_in_s,
@@ -488,6 +538,18 @@ class AntiEntropyService:
                     float(len(self.sched.running)))
         yield gauge("dynamostore_antientropy_tombstones_reaped", "Tombstone records this node removed",
                     float(self.reaper.stats.reaped))
+
+
+def _pair_status(pair: PairStats, now: float) -> dict[str, Any]:
+    return {
+        "last_agreed_ago_s": None if pair.last_agreed is None else round(now - pair.last_agreed, 1),
+        "last_differing": pair.last_differing,
+        "exchanges": pair.exchanges,
+        "keys_differing": pair.keys_differing,
+        "repairs": pair.repairs,
+        "last_failure_ago_s": None if pair.last_failure is None else round(now - pair.last_failure, 1),
+        "last_error": pair.last_error,
+    }
 
 
 def _leaf_of(items: dict[bytes, bytes]) -> bytes:

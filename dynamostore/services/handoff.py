@@ -145,6 +145,13 @@ class HandoffService:
 
     # --- observability --------------------------------------------------------------------------------
 
+    def pending(self) -> dict[str, int]:
+        """Hints held here per target (every target this node has held hints for, 0 once drained)."""
+        return {t: p.pending for t, p in self.planner.targets.items()}
+
+    def delivered_total(self) -> int:
+        return sum(p.delivered for p in self.planner.targets.values())
+
     def status(self) -> dict[str, Any]:
         now = self.clock.now()
         targets = sorted(self.planner.targets.items())

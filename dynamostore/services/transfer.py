@@ -68,6 +68,8 @@ class TransferService:
         self.throttle = Throttle(float(settings.keys_per_sec), float(max(settings.keys_per_sec, settings.batch_keys)))
         self.active: dict[Transfer, asyncio.Task[None]] = {}
         self.keys_received = 0
+        # per transfer being received: its streams, how many are done, keys received (for /status and the console)
+        self.progress: dict[Transfer, dict[str, Any]] = {}
         self.done: list[dict[str, Any]] = []
         self._proposed: set[tuple[int, Transfer]] = set()  # done and committed; the local apply may lag
         self._kick = asyncio.Event()
@@ -119,10 +121,19 @@ class TransferService:
         """Stream every key partition of one transfer (resuming from saved cursors), then propose it done."""
         started = self.clock.now()
         cursors: dict[int, Cursor] = {}
+        progress = self.progress[tp.transfer] = {"streams": len(tp.streams), "streams_done": 0, "keys": 0}
+        try:
+            await self._receive(tp, started, cursors, progress)
+        finally:
+            self.progress.pop(tp.transfer, None)
+
+    async def _receive(self, tp: TransferPlan, started: float, cursors: dict[int, Cursor],
+                       progress: dict[str, Any]) -> None:
         for stream in tp.streams:
             ckey = cursor_key(tp, stream)
             saved = await self.replica.load_meta(ckey)
             c = resume(tp, stream, decode_cursor(saved) if saved else None)
+            progress["keys"] += c.keys  # received before a restart
             while not c.done:
                 if not still_pending(self.placement.state, tp):
                     return  # the plan moved on (the change completed elsewhere or was superseded)
@@ -136,10 +147,12 @@ class TransferService:
                 if rows:
                     c = c.advance(bytes(rows[-1][0]), len(rows))
                     self.keys_received += len(rows)
+                    progress["keys"] += len(rows)
                 if len(rows) < grant:
                     c = c.finish()
                 await self.replica.save_meta(ckey, encode_cursor(c))
             cursors[stream.key_partition] = c
+            progress["streams_done"] += 1
         if not transfer_complete(tp, cursors):
             return
         res = await self.propose(done_command(tp), PROPOSE_TIMEOUT)
@@ -163,6 +176,8 @@ class TransferService:
 
     def status(self) -> dict[str, Any]:
         return {"transfers": {"receiving": sorted(t.partition for t in self.active),
+                              "progress": [{"partition": t.partition, "source": t.source, **p}
+                                           for t, p in sorted(self.progress.items(), key=lambda kv: kv[0].partition)],
                               "keys_received": self.keys_received, "completed": self.done[-20:]}}
 
     def gauges(self) -> Iterable[Metric]:
