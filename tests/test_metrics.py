@@ -50,3 +50,24 @@ def test_replica_calls_are_counted_by_method_and_outcome() -> None:
     s = _samples(m)
     assert s[("dynamostore_replica_calls_total", (("method", "kv.put"), ("outcome", "ok")))] == 2
     assert s[("dynamostore_replica_calls_total", (("method", "kv.put"), ("outcome", "timeout")))] == 1
+
+
+def test_quantile_interpolates_inside_the_bucket_like_histogram_quantile() -> None:
+    from dynamostore.metrics import LATENCY_BUCKETS, quantile
+
+    counts = [0] * (len(LATENCY_BUCKETS) + 1)
+    assert quantile(counts, 0.5) is None
+    counts[LATENCY_BUCKETS.index(0.002)] = 10  # ten observations in (0.001, 0.002]
+    assert quantile(counts, 0.5) == 0.001 + 0.001 * 0.5
+    assert abs(quantile(counts, 0.99) - (0.001 + 0.001 * 0.99)) < 1e-12  # type: ignore[operator]
+    counts[-1] = 90  # ninety in +Inf: the p99 is past every finite bound, reported as the largest one
+    assert quantile(counts, 0.99) == LATENCY_BUCKETS[-1]
+    assert quantile(counts, 0.05) == 0.001 + 0.001 * 0.5  # the 5th of 100 is the 5th of the first ten
+
+
+def test_snapshot_is_a_copy_that_later_requests_do_not_change() -> None:
+    m = NodeMetrics("n1")
+    m.requests.observe("GET", 200, 0.001)
+    counts, buckets = m.requests.snapshot()
+    m.requests.observe("GET", 200, 0.001)
+    assert counts[("GET", 200)] == 1 and sum(buckets["GET"]) == 1

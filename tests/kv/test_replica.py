@@ -127,3 +127,34 @@ async def test_a_copy_holding_the_replaced_state_takes_the_write_as_received(tmp
         [b"own", b"other"] + [b"w%d" % i for i in (0, 1, 3, 4, 5, 6)])
     for r in (coord, told, full):
         await r.storage.close()
+
+
+async def test_siblings_formed_here_are_counted_once_by_how_they_formed(tmp_path: Path) -> None:
+    r = await open_replica(tmp_path / "s")
+    ref = r.ref(b"k")
+    a = await r.coordinate(ref, {}, b"a", "t", durable=False)
+    assert (r.siblings_written, r.siblings_merged) == (0, 0)  # one value
+    await r.coordinate(ref, dict(a.clock), b"a2", "t", durable=False)
+    assert (r.siblings_written, r.siblings_merged) == (0, 0)  # its context covers a: replaced
+    await r.coordinate(ref, {}, b"b", "t", durable=False)
+    assert (r.siblings_written, r.siblings_merged) == (1, 0)  # no context: a sibling of a2
+    other = v.update(None, {}, "n9.1", b"c", "t", 5)  # another coordinator's concurrent write
+    assert await r.merge(ref, other, durable=False)
+    assert (r.siblings_written, r.siblings_merged) == (1, 1)
+    assert not await r.merge(ref, other, durable=False)  # the same copy again changes nothing
+    state = await r.get(ref)
+    assert state is not None
+    fresh = r.ref(b"fresh")  # a copy arriving with siblings it already had is not counted where it lands
+    assert await r.merge(fresh, state, durable=False)
+    assert (r.siblings_written, r.siblings_merged) == (1, 1)
+    await r.storage.close()
+
+
+async def test_hint_records_of_one_key_by_target(tmp_path: Path) -> None:
+    r = await open_replica(tmp_path / "s")
+    ref = r.ref(b"k")
+    await r.coordinate(ref, {}, b"for n4", "t", durable=False, hint_for="n4")
+    await r.coordinate(r.ref(b"other"), {}, b"x", "t", durable=False, hint_for="n5")
+    got = await r.hint_records(ref, ["n3", "n4", "n5"])
+    assert [t for t, _ in got] == ["n4"] and v.decode(got[0][1]).live[0].value == b"for n4"
+    await r.storage.close()
