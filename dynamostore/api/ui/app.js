@@ -190,7 +190,7 @@
       const u = new uPlot({
         width: Math.max(200, el.clientWidth), height: 200,
         series: [{}].concat(series.map((s) => ({label: s.label, stroke: s.stroke, width: 2, dash: s.dash,
-          points: {show: false}, value: (u, v) => fmt(v)}))),
+          points: {show: !!(opts && opts.points), size: 4}, value: (u, v) => fmt(v)}))),
         scales: {x: {time: true}, y: {range: (u, min, max) => [0, Math.max((opts && opts.minMax) || 1, max * 1.1)]}},
         axes: [{}, {size: 56}],
         cursor: {drag: {x: false, y: false}},
@@ -275,7 +275,7 @@
     chart(id, [{label: "read p50", stroke: "#2454c5", dash: [4, 3]}, {label: "read p99", stroke: "#2454c5"},
       {label: "write p50", stroke: "#d9480f", dash: [4, 3]}, {label: "write p99", stroke: "#d9480f"}],
     [xs(), col((s) => s.p50_ms.read), col((s) => s.p99_ms.read), col((s) => s.p50_ms.write),
-      col((s) => s.p99_ms.write)]);
+      col((s) => s.p99_ms.write)], {points: true});  // an idle second has no latency: points show lone samples
   }
 
   // --- ring ------------------------------------------------------------------------------------------
