@@ -14,6 +14,10 @@ front of all nodes, Cassandra's drivers pick coordinators across the cluster). e
 --rounds K runs both systems K times, alternating (each round a fresh cluster and fresh etcd members), prints
 every round, and reports the median of each figure over the rounds: on a shared machine single runs of either
 system vary by about 10%, so one pair of runs can move the ratio by as much.
+--console measures what the operator console costs instead (no etcd): each round runs dynamostore twice, with
+the console closed and open (the order alternates between rounds), "open" meaning a poller that asks node 1
+exactly what the page at /ui asks, at the page's rate (/status and /status/history?since=N every 2 s) during
+the whole run. It reports the medians of both and their ratio.
 Needs wrk and etcd from Debian's packages (apt-get install -y wrk etcd-server etcd-client).
 """
 
@@ -24,10 +28,12 @@ import os
 import re
 import shutil
 import signal
+import json
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -114,7 +120,78 @@ def preload(base: str) -> None:
     asyncio.run(go())
 
 
-def bench_dynamostore(args: argparse.Namespace) -> Results:
+CONSOLE_POLL_S = 2.0  # dynamostore/api/ui/app.js POLL_MS
+
+
+def node_pid(data_dir: Path, nid: str) -> int:
+    out = subprocess.run(["pgrep", "-f", f"{data_dir}/cluster.toml --id {nid}$"], capture_output=True, text=True)
+    return int(out.stdout.split()[0])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def poll_cost(base: str, pid: int, polls: int = 200) -> float:
+    """Node CPU (ms) one console poll costs: `polls` polls back to back, less what the idle node spends over
+    the same time (heartbeats, anti-entropy). Measured by the node's own CPU clock, which a busy shared machine
+    disturbs far less than it disturbs throughput."""
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(3.0)
+    idle_rate = (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+    seq = 0
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    for _ in range(polls):
+        with urllib.request.urlopen(base + "/status", timeout=10) as r:
+            r.read()
+        with urllib.request.urlopen(f"{base}/status/history?since={seq}", timeout=10) as r:
+            seq = json.loads(r.read())["seq"] - 1  # one new sample per poll, as the page gets
+    used = cpu_seconds(pid) - c0 - idle_rate * (time.monotonic() - t0)
+    return max(0.0, used) * 1000 / polls
+
+
+class _Closed:
+    polls = 0
+
+    def __enter__(self) -> _Closed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class ConsolePoller:
+    """What an open console asks its node: /status and the history samples it does not have, every 2 s."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.stop = threading.Event()
+        self.polls = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        seq = 0
+        while not self.stop.is_set():
+            started = time.monotonic()
+            with urllib.request.urlopen(self.base + "/status", timeout=10) as r:
+                r.read()
+            with urllib.request.urlopen(f"{self.base}/status/history?since={seq}", timeout=10) as r:
+                seq = json.loads(r.read())["seq"]
+            self.polls += 1
+            self.stop.wait(max(0.0, CONSOLE_POLL_S - (time.monotonic() - started)))
+
+    def __enter__(self) -> ConsolePoller:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=15)
+
+
+def bench_dynamostore(args: argparse.Namespace, console: bool = False) -> Results:
     d = Path(tempfile.mkdtemp(prefix="ds-bench-"))
     port = args.base_port
     settings = d / "settings.toml"
@@ -132,7 +209,19 @@ def bench_dynamostore(args: argparse.Namespace) -> Results:
         time.sleep(1.0)  # let heartbeats settle so no request is routed around a node still starting
         preload(base)
         # gets first, while every key holds one value (blind puts then add siblings, as they must)
-        res = {"get": wrk(urls, HERE / "wrk/ds_get.lua", args), "put": wrk(urls, HERE / "wrk/ds_put.lua", args)}
+        if not args.console:
+            return {"get": wrk(urls, HERE / "wrk/ds_get.lua", args), "put": wrk(urls, HERE / "wrk/ds_put.lua", args)}
+        n1 = node_pid(d / "data", "n1")
+        res = {}
+        with ConsolePoller(base) if console else _Closed() as poller:
+            for op in ("get", "put"):
+                cpu0 = cpu_seconds(n1)
+                res[op] = wrk(urls, HERE / f"wrk/ds_{op}.lua", args)
+                # node 1's CPU per request while wrk ran (its own requests, the forwarded ones, the console's)
+                res[op]["n1_cpu_ms"] = (cpu_seconds(n1) - cpu0) * 1000 / max(1.0, res[op]["rps"] * args.duration)
+        if console:
+            print(f"(console open: {poller.polls} polls of /status and /status/history)")
+        res["console"] = {"poll_cpu_ms": poll_cost(base, n1)}
         return res
     finally:
         os.killpg(proc.pid, signal.SIGINT)
@@ -162,18 +251,48 @@ def median_results(rounds: list[Results]) -> Results:
     return {op: {k: statistics.median(r[op][k] for r in rounds) for k in rounds[0][op]} for op in rounds[0]}
 
 
-def print_table(title: str, systems: list[tuple[str, Results]]) -> None:
+def print_table(title: str, systems: list[tuple[str, Results]], ratios: bool = True) -> None:
     print(f"\n{title}")
     print(f"{'system':<22}{'op':<5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name, res in systems:
         for op in ("put", "get"):
             r = res[op]
             print(f"{name:<22}{op:<5}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['non2xx'] + r['sock_errors']:>8.0f}")
-    if len(systems) == 2:
+    if len(systems) == 2 and ratios:
         (_, ds), (_, etcd) = systems
         for op in ("put", "get"):
             print(f"ratio {op}: throughput x{ds[op]['rps'] / etcd[op]['rps']:.2f}, "
                   f"p99 {ds[op]['p99']:.2f} ms vs {etcd[op]['p99']:.2f} ms")
+
+
+def console_cost(args: argparse.Namespace, title: str) -> int:
+    closed: list[Results] = []
+    opened: list[Results] = []
+    for k in range(args.rounds):
+        for console in ((False, True) if k % 2 == 0 else (True, False)):
+            (opened if console else closed).append(bench_dynamostore(args, console=console))
+        print_table(f"round {k + 1} of {args.rounds}: {title}",
+                    [("console closed", closed[-1]), ("console open", opened[-1])], ratios=False)
+    c, o = median_results(closed), median_results(opened)
+    print_table(f"medians of {args.rounds} alternating rounds: {title}", [("console closed", c), ("console open", o)],
+                ratios=False)
+    for op in ("put", "get"):
+        per_round = ", ".join(f"{oo[op]['rps'] / cc[op]['rps']:.3f}" for oo, cc in zip(opened, closed))
+        print(f"console open / closed, {op}: throughput x{o[op]['rps'] / c[op]['rps']:.3f} (per round: {per_round}); "
+              f"node 1 CPU per request {c[op]['n1_cpu_ms']:.3f} ms closed, {o[op]['n1_cpu_ms']:.3f} ms open")
+    polls = [r["console"]["poll_cpu_ms"] for r in closed + opened]
+    cost = statistics.median(polls)
+    print(f"one console poll (/status + /status/history) costs node 1 {cost:.2f} ms of CPU (median of {len(polls)} "
+          f"measurements of 200 polls: {', '.join(f'{x:.2f}' for x in polls)}), i.e. {cost / CONSOLE_POLL_S:.2f} ms/s")
+    print(f"  = {cost / CONSOLE_POLL_S / 10:.3f}% of one core, the most a node's event loop can use")
+    for op in ("put", "get"):
+        # the requests/s the console's CPU would have served: against what node 1 can serve on one core, and
+        # against what it served in this run (an upper bound when node 1 was not CPU-bound: a shared machine)
+        equiv = cost / CONSOLE_POLL_S / c[op]["n1_cpu_ms"]
+        print(f"  {op}: an open console takes the CPU of {equiv:.2f} requests/s: {equiv * c[op]['n1_cpu_ms'] / 10:.3f}% "
+              f"of node 1's capacity ({1000 / c[op]['n1_cpu_ms']:.0f} requests/s of CPU), "
+              f"{equiv / c[op]['rps'] * 100:.2f}% of the {c[op]['rps']:.0f} requests/s it served here")
+    return 0
 
 
 def main() -> int:
@@ -188,6 +307,8 @@ def main() -> int:
                          "connections split between them, instead of one wrk against the first")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run both systems this many times, alternating, and report the medians")
+    ap.add_argument("--console", action="store_true",
+                    help="console closed against open (a poller asking what the /ui page asks), no etcd")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     if args.rounds < 1:
@@ -198,6 +319,8 @@ def main() -> int:
         return 2
     where = "spread over all 3 nodes/members (one wrk -t1 each)" if args.spread else f"-t{args.threads}, node 1 of 3"
     title = f"wrk -c{args.connections} -d{args.duration}s {where}, 100-byte values, 10k keys"
+    if args.console:
+        return console_cost(args, title)
     ds_rounds: list[Results] = []
     etcd_rounds: list[Results] = []
     for k in range(args.rounds):

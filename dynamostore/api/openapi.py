@@ -85,6 +85,20 @@ def spec(n_val: int, max_value: int, max_key: int) -> dict[str, Any]:
             "/status": {"get": {"summary": "Node, ring, members, hints, anti-entropy",
                                 "responses": {"200": {"description": "JSON status"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+            "/status/history": {"get": {
+                "summary": "The last minutes of this node, one sample a second (what the console at /ui charts)",
+                "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer"},
+                                "description": "only samples numbered after this one"}],
+                "responses": {"200": {"description": "JSON: interval_s, seq, samples"},
+                              "400": _err("since is not an integer")},
+            }},
+            "/debug/kv/{key}": {"get": {
+                "summary": "Every stored copy of a key on every node that may hold it (data and hints), "
+                           "and why it has its siblings",
+                "parameters": [key_param],
+                "responses": {"200": {"description": "JSON: copies, merged version, primaries_agree, explanation"},
+                              "400": _err("malformed key")},
+            }},
         },
         "components": {"schemas": {"Error": {
             "type": "object", "required": ["error", "reason"],

@@ -145,7 +145,7 @@
     $("token-state").textContent = token() ? "token set" : "token";
     fill($("footer"), "Polling /status every " + POLL_MS / 1000 + " s; history: " + S.samples.length
       + " samples. Other nodes' consoles: ",
-      members().map((m) => [h("a", {href: "http://" + m.http + "/ui/" + location.hash, text: m.id}), " "]));
+      members().map((m) => [h("a", {href: location.protocol + "//" + m.http + "/ui/" + location.hash, text: m.id}), " "]));
   }
 
   function showBanner(text) {
@@ -250,7 +250,7 @@
           !isUp && live.last_error ? h("span", {class: "small", text: " " + live.last_error}) : null),
         h("td", {class: "num", "data-hints-target": m.id, text: live.self ? "–" : fmt(pend || 0, 0)}),
         h("td", {class: "num", text: live.self ? "–" : fmt((ho.delivered || {})[m.id] || 0, 0)}),
-        h("td", {}, h("a", {href: "http://" + m.http + "/ui/", text: "console"})));
+        h("td", {}, h("a", {href: location.protocol + "//" + m.http + "/ui/", text: "console"})));
     });
     fill($("members").tBodies[0], rows);
     const targets = new Set(Object.keys(ho.pending || {}));
