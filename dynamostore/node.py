@@ -351,10 +351,9 @@ class Node:
         return [res.coordinator, res.acks, res.hinted, res.durable, v.encode(res.state)]
 
     async def _rpc_inspect(self, payload: Any, peer: str) -> Any:
-        try:
-            key = bytes(payload[0])
-        except (TypeError, ValueError, IndexError) as exc:
-            raise _bad(f"kv.inspect payload: {exc}") from exc
+        key = payload[0] if isinstance(payload, list) and payload else None
+        if type(key) is not bytes:  # (bytes(n) of an int would allocate n bytes)
+            raise _bad("kv.inspect payload: expected [key bytes]")
         return (await self._inspect_local(key)).to_wire()
 
     async def _inspect_local(self, key: bytes) -> NodeRecords:

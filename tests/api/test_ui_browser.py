@@ -167,6 +167,15 @@ async def test_64_partitions_on_5_nodes_stay_legible_and_status_stays_cheap(make
         assert await page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
         await page.screenshot(path=str(shots / "7-antientropy-64x5.png"), full_page=True)
 
+        await page.goto(c.url("n1") + "/ui/#membership")  # the committed members and the (empty) plan
+        await page.locator('[data-plan="empty"]').wait_for(timeout=10_000)
+        assert await page.locator("#mem-members tbody tr").count() == 5
+        assert await page.locator("#plan-commit").is_disabled()
+        await page.goto(c.url("n1") + "/ui/#traffic")  # every chart drawn
+        for chart in ("chart-rps", "chart-lat", "chart-503", "chart-sib"):
+            await page.locator(f"#{chart} canvas").wait_for(timeout=10_000)
+        await page.screenshot(path=str(shots / "8-traffic.png"), full_page=True)
+
     # /status, what the page reads every 2 s, stays cheap on the node with 64 partitions and 5 nodes
     s = await c.http()
     times = []
