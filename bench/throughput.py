@@ -289,7 +289,8 @@ def console_cost(args: argparse.Namespace, title: str) -> int:
         # the requests/s the console's CPU would have served: against what node 1 can serve on one core, and
         # against what it served in this run (an upper bound when node 1 was not CPU-bound: a shared machine)
         equiv = cost / CONSOLE_POLL_S / c[op]["n1_cpu_ms"]
-        print(f"  {op}: an open console takes the CPU of {equiv:.2f} requests/s: {equiv * c[op]['n1_cpu_ms'] / 10:.3f}% "
+        print(f"  {op}: an open console takes the CPU of {equiv:.2f} requests/s: "
+              f"{equiv * c[op]['n1_cpu_ms'] / 10:.3f}% "
               f"of node 1's capacity ({1000 / c[op]['n1_cpu_ms']:.0f} requests/s of CPU), "
               f"{equiv / c[op]['rps'] * 100:.2f}% of the {c[op]['rps']:.0f} requests/s it served here")
     return 0

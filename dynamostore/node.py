@@ -400,7 +400,8 @@ class Node:
                 "owned": [p for p, o in enumerate(ring.owners) if o == self.node_id] if ring else [],
                 "owners": list(ring.owners) if ring else [],
                 # each partition's primaries, in preference order (the ring caches its walks)
-                "replicas": [ring.preference_list(p, self.n_val)[0] for p in range(ring.num_partitions)] if ring else [],
+                "replicas": [ring.preference_list(p, self.n_val)[0] for p in range(ring.num_partitions)]
+                if ring else [],
             },
             "members": members,
             "storage": self.storage.stats(),

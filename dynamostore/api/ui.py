@@ -108,5 +108,7 @@ class ConsoleApi:
 
 def console_routes(api: ConsoleApi) -> tuple[dict[tuple[str, str], Handler], dict[str, dict[str, Handler]]]:
     """(exact routes by (method, path), routes by path prefix and method) of the console."""
-    exact: dict[tuple[str, str], Handler] = {("GET", "/ui"): api.index, ("HEAD", "/ui"): api.index, ("GET", "/status/history"): api.history}
+    exact: dict[tuple[str, str], Handler] = {
+        ("GET", "/ui"): api.index, ("HEAD", "/ui"): api.index, ("GET", "/status/history"): api.history,
+    }
     return exact, {PREFIX: {"GET": api.asset, "HEAD": api.asset}}

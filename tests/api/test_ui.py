@@ -61,7 +61,8 @@ async def test_the_console_is_served_with_its_types_etags_and_a_strict_policy(co
     port, _ = console
     status, hd, body = await _get(port, "/ui")
     assert status == 200 and hd["content-type"] == "text/html; charset=utf-8" and b"/ui/app.js" in body
-    assert "script-src 'self'" in hd["content-security-policy"] and "frame-ancestors 'none'" in hd["content-security-policy"]
+    csp = hd["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert hd["cache-control"] == "no-cache" and hd["x-content-type-options"] == "nosniff"
     assert (await _get(port, "/ui/"))[2] == body
     for name, ctype in [("app.js", "text/javascript"), ("style.css", "text/css"),
@@ -101,6 +102,7 @@ def test_every_file_of_the_console_ships_as_package_data() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["dynamostore.api"]
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = setuptools["package-data"]["dynamostore.api"]
     for name in load_assets():
         assert any(fnmatch.fnmatch("ui/" + name, g) for g in globs), name

@@ -40,7 +40,8 @@ HINTS_SHOWN = "([target, n]) => document.querySelector(`[data-hints-target=\"${t
 
 
 def _artifacts() -> Path:
-    base = Path(os.environ["DYNAMOSTORE_ARTIFACTS"]) if os.environ.get("DYNAMOSTORE_ARTIFACTS") else ROOT / "tests" / "artifacts"
+    env = os.environ.get("DYNAMOSTORE_ARTIFACTS")
+    base = Path(env) if env else ROOT / "tests" / "artifacts"
     out = base / "ui"
     out.mkdir(parents=True, exist_ok=True)
     print(f"\nconsole screenshots: {out}")

@@ -93,4 +93,5 @@ def test_records_survive_the_wire_and_a_malformed_answer_is_refused() -> None:
 
 
 def test_coordinator_of_an_actor() -> None:
-    assert coordinator_of("n12.3f") == "n12" and coordinator_of("node.a.b.1") == "node.a.b" and coordinator_of("x") == "x"
+    assert coordinator_of("n12.3f") == "n12" and coordinator_of("node.a.b.1") == "node.a.b"
+    assert coordinator_of("x") == "x"
