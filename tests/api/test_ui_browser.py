@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import statistics
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -114,12 +113,18 @@ async def test_an_operator_watches_a_node_die_hints_pile_up_and_drain_and_explai
         await c.wait_healthy("n3")
         await page.locator('#members tr[data-member="n3"][data-up="true"]').wait_for(timeout=30_000)
         await page.wait_for_function(HINTS_SHOWN, arg=["n3", "0"], timeout=30_000)
-        # the chart's data: the history shows the pile-up, then the drain to zero
+        # the chart's data: the history shows the pile-up, then the drain to zero (its next sample, up to a
+        # second after /status, which the table reads, said so)
         s = await c.http()
-        async with s.get(c.url("n1") + "/status/history?since=0") as r:
-            series = [smp["hints_pending"].get("n3", 0) for smp in (await r.json())["samples"]]
-        peak = series.index(max(series))
-        assert max(series) == pending and series[-1] == 0 and 0 in series[peak:], series
+        series: list[int] = []
+
+        async def drained_in_history() -> bool:
+            async with s.get(c.url("n1") + "/status/history?since=0") as r:
+                series[:] = [smp["hints_pending"].get("n3", 0) for smp in (await r.json())["samples"]]
+            return bool(series) and series[-1] == 0 and max(series) > 0
+
+        await wait_for(drained_in_history, 10, "the history to show n3's hints drained")
+        assert max(series) == pending and series[0] == 0, series
         await page.wait_for_timeout(2500)  # one more poll, so the chart has drawn the drain
         await page.screenshot(path=str(shots / "4-hints-drained.png"), full_page=True)
 
@@ -177,15 +182,20 @@ async def test_64_partitions_on_5_nodes_stay_legible_and_status_stays_cheap(make
             await page.locator(f"#{chart} canvas").wait_for(timeout=10_000)
         await page.screenshot(path=str(shots / "8-traffic.png"), full_page=True)
 
-    # /status, what the page reads every 2 s, stays cheap on the node with 64 partitions and 5 nodes
+    # /status, what the page reads every 2 s, stays cheap on the node with 64 partitions and 5 nodes: measured
+    # by the node's own CPU clock (a loaded machine stretches wall times, not CPU), background work included
     s = await c.http()
-    times = []
-    for _ in range(30):
-        t = time.perf_counter()
+    calls = 50
+    cpu0 = _cpu_seconds(c.procs["n1"].pid)
+    for _ in range(calls):
         async with s.get(c.url("n1") + "/status") as r:
             body = await r.read()
-        times.append(time.perf_counter() - t)
-    median = statistics.median(times)
-    print(f"/status on 5 nodes x 64 partitions: {len(body)} bytes, median {median * 1000:.1f} ms (client side)")
-    assert json.loads(body)["node"] == "n1" and median < 0.1
+    per_call = (_cpu_seconds(c.procs["n1"].pid) - cpu0) / calls
+    print(f"/status on 5 nodes x 64 partitions: {len(body)} bytes, {per_call * 1000:.1f} ms of node CPU per call")
+    assert json.loads(body)["node"] == "n1" and per_call < 0.02
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
