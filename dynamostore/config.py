@@ -1,8 +1,8 @@
 """Node and cluster configuration: pydantic models for the TOML files in `config/` and `DIR/cluster.toml`.
 
 A cluster file has a `[cluster]` table (identity, secret, ring shape, members) and optional settings
-tables (`[quorum]`, `[limits]`, `[handoff]`, `[antientropy]`, `[detector]`, `[storage]`, `[raft]`) that apply
-to every node. Unknown fields are errors, so a typo is reported with the field's name instead of being
+tables (`[quorum]`, `[limits]`, `[handoff]`, `[antientropy]`, `[detector]`, `[storage]`, `[raft]`,
+`[security]`, `[listeners]`) that apply to every node. Unknown fields are errors, so a typo is reported with the field's name instead of being
 ignored. Nothing here is global: the loaded `NodeConfig` is passed to whatever needs it.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -113,6 +113,33 @@ class StorageSettings(_Strict):
     map_size_gb: int = Field(default=64, ge=1, description="LMDB map size (virtual; sparse on disk)")
 
 
+class SecuritySettings(_Strict):
+    tls: bool = Field(default=False, description="HTTPS on the client port, mutual TLS between nodes")
+    auth: bool = Field(default=False, description="clients need an API token (Authorization: Bearer)")
+    insecure: bool = Field(
+        default=False, description="allow listening on a non-loopback address without tls and auth"
+    )
+    certs_dir: str = Field(default="certs", description="ca.crt, <id>.crt, <id>.key; relative to the cluster file")
+    ca_file: str = Field(default="", description="the cluster CA certificate; default <certs_dir>/ca.crt")
+    cert_file: str = Field(default="", description="this node's certificate ({id}: the node id); default <certs_dir>/{id}.crt")
+    key_file: str = Field(default="", description="this node's private key; default <certs_dir>/{id}.key")
+    bootstrap_token_sha256: str = Field(
+        default="", pattern=r"^([0-9a-fA-F]{64})?$",
+        description="SHA-256 (hex) of the first admin token: `dynamostore token bootstrap` makes one",
+    )
+    status_access: Literal["open", "read", "admin"] = Field(default="read", description="who may GET /status")
+    metrics_access: Literal["open", "read", "admin"] = Field(default="read", description="who may GET /metrics")
+
+
+class ListenerSettings(_Strict):
+    header_timeout_s: float = Field(default=10.0, gt=0, description="a request head (and a TLS handshake) must arrive within this")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="a request body must arrive within this of its head")
+    idle_timeout_s: float = Field(default=75.0, gt=0, description="idle keep-alive HTTP connections are closed after this")
+    max_http_connections: int = Field(default=1024, ge=1, description="more are answered 503 and closed")
+    max_rpc_connections: int = Field(default=256, ge=1, description="peer connections per node; more are refused")
+    rpc_handshake_timeout_s: float = Field(default=5.0, gt=0, description="a peer must authenticate within this")
+
+
 class NodeSettings(_Strict):
     """Everything tunable that applies to every node (what `--settings FILE` may hold)."""
 
@@ -124,6 +151,8 @@ class NodeSettings(_Strict):
     storage: StorageSettings = StorageSettings()
     raft: RaftSettings = RaftSettings()
     transfer: TransferSettings = TransferSettings()
+    security: SecuritySettings = SecuritySettings()
+    listeners: ListenerSettings = ListenerSettings()
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     testing_faults: bool = Field(default=False, description="allow fault injection (bench/tests only)")
 
@@ -149,6 +178,8 @@ class NodeConfig(_Strict):
     node_id: str
     data_dir: Path
     joining: Member | None = None  # set for a node that is not a founding member (it joins a running cluster)
+    config_dir: Path = Path(".")  # the cluster file's directory: relative certificate paths start there
+    insecure: bool = False  # `dynamostore node --insecure`: as [security] insecure = true
 
     @field_validator("node_id")
     @classmethod
@@ -230,4 +261,4 @@ def load_node_config(
     if not base.is_absolute():
         base = (path.parent / base).resolve()
     data_dir = Path(member.data_dir) if member.data_dir else base / node_id
-    return NodeConfig(file=cf, node_id=node_id, data_dir=data_dir, joining=joining)
+    return NodeConfig(file=cf, node_id=node_id, data_dir=data_dir, joining=joining, config_dir=path.parent.resolve())

@@ -1,0 +1,43 @@
+"""Which permission each HTTP route needs: pure, decided from the method, path and query string alone.
+
+`/health` is always open (load balancers and `dynamostore cluster` probe it); `/openapi.json` is open (it
+describes the API, it holds no data). `/status` and `/metrics` need the permission the operator configured
+(`[security] status_access`, `metrics_access`: "open", "read" or "admin"; default "read", so a Prometheus
+scraper gets a read token). Keys: GET and HEAD need read; PUT, POST and DELETE need write (and read as well
+when `returnbody` asks for the stored value back). `/admin/*` and `/debug/*` need admin, and so does any
+path not listed here: an endpoint added later is closed until someone decides otherwise.
+"""
+
+from __future__ import annotations
+
+from dynamostore.security.tokens import ADMIN, READ, WRITE
+
+ACCESS_LEVELS: dict[str, int | None] = {"open": None, "read": READ, "admin": ADMIN}
+
+_UNLISTED = ADMIN
+
+
+class Policy:
+    """`required(method, path, query)`: the permission bits a request needs (tokens.READ, ...), None when open."""
+
+    __slots__ = ("_exact",)
+
+    def __init__(self, status_access: str = "read", metrics_access: str = "read") -> None:
+        for name, level in (("status_access", status_access), ("metrics_access", metrics_access)):
+            if level not in ACCESS_LEVELS:
+                raise ValueError(f"{name} must be one of {', '.join(ACCESS_LEVELS)}, not {level!r}")
+        self._exact: dict[str, int | None] = {
+            "/health": None,
+            "/openapi.json": None,
+            "/status": ACCESS_LEVELS[status_access],
+            "/metrics": ACCESS_LEVELS[metrics_access],
+        }
+
+    def required(self, method: str, path: str, query_string: str) -> int | None:
+        if path.startswith("/kv/") or path == "/kv":
+            if method == "GET" or method == "HEAD":
+                return READ
+            if query_string and "returnbody" in query_string:  # the answer carries the stored value
+                return WRITE | READ
+            return WRITE
+        return self._exact.get(path, _UNLISTED)
