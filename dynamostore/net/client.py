@@ -6,6 +6,12 @@ task is spawned. Frames written by many callers in the same loop iteration are c
 `transport.write`. Connections open lazily; callers arriving while a connect is in progress share it; a
 failed connect makes the address fail fast (RpcUnavailable) for `reconnect_backoff` seconds, then the next
 call retries.
+
+With TLS (`ssl`, security.tls.peer_client_context) the client presents its node certificate, accepts only
+peers whose certificate comes from the cluster CA and names the node id the peer claims (`identify`) and,
+when `expect(addr)` knows it, the node that address belongs to. The handshake offers a range of protocol
+versions; a version-1 server refuses ranges, so on that refusal the client reconnects offering version 1
+and remembers the address as such (net.wire).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl as _ssl
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -65,14 +72,26 @@ class RpcClient:
         max_frame: int = w.DEFAULT_MAX_FRAME,
         reconnect_backoff: float = 0.15,
         local_host: str | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        identify: Callable[[Any], str | None] | None = None,
+        expect: Callable[[Addr], str | None] | None = None,
+        versions: tuple[int, int] | None = None,
     ) -> None:
         """`local_host`: the address outgoing connections come from (a node's own address, so a network
-        filter can tell nodes apart on a shared host); None lets the kernel choose."""
+        filter can tell nodes apart on a shared host); None lets the kernel choose. `ssl`, `identify`,
+        `expect`: see the module's docstring; `versions`: default wire.supported_versions()."""
+        if ssl is not None and identify is None:
+            raise ValueError("a TLS RpcClient needs identify(): who a peer certificate names")
         self.node_id = node_id
         self.connect_timeout = connect_timeout
         self.max_frame = max_frame
         self.reconnect_backoff = reconnect_backoff
         self.local_host = local_host
+        self.ssl = ssl
+        self.identify = identify
+        self.expect = expect
+        self.versions = versions or w.supported_versions()
+        self._legacy: set[Addr] = set()  # addresses of version-1 servers (they refuse version ranges)
         self._secret = secret
         self._conns: dict[Addr, _ClientConn] = {}
         self._connecting: dict[Addr, asyncio.Task[_ClientConn]] = {}
@@ -174,6 +193,10 @@ class RpcClient:
         conn = self._conns.get(addr)
         return conn.peer_id if conn is not None else None
 
+    def peers(self) -> dict[str, int]:
+        """Open connections: peer node id -> protocol version spoken."""
+        return {c.peer_id: c.version for c in self._conns.values()}
+
     async def close(self) -> None:
         """Close every connection; in-flight and later calls raise RpcUnavailable."""
         self._closed = True
@@ -233,6 +256,17 @@ class RpcClient:
         self._conns[addr] = conn
 
     async def _open(self, addr: Addr) -> _ClientConn:
+        try:
+            return await self._open_once(addr)
+        except _OldServer:
+            # A version-1 server refused our range: offer what it speaks, and remember it until it says
+            # otherwise (it is upgraded: it accepts the bare 1 as well, and we offer ranges again after a
+            # restart of this process).
+            log.info("rpc: %s:%d speaks protocol version 1 only; reconnecting at version 1", *addr)
+            self._legacy.add(addr)
+            return await self._open_once(addr)
+
+    async def _open_once(self, addr: Addr) -> _ClientConn:
         loop = asyncio.get_running_loop()
         host, port = addr
         made: list[_ClientConn] = []
@@ -244,7 +278,8 @@ class RpcClient:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 local = (self.local_host, 0) if self.local_host else None
-                await loop.create_connection(factory, host, port, local_addr=local)
+                await loop.create_connection(factory, host, port, local_addr=local, ssl=self.ssl,
+                                             ssl_handshake_timeout=self.connect_timeout if self.ssl else None)
                 await made[0].ready
             return made[0]
         except BaseException as exc:
@@ -252,6 +287,9 @@ class RpcClient:
                 conn.close(RpcUnavailable("connect aborted"))
             if isinstance(exc, TimeoutError):
                 raise RpcUnavailable(f"connect to {host}:{port} timed out after {self.connect_timeout}s") from None
+            if isinstance(exc, _ssl.SSLError):
+                # e.g. the peer's certificate is not from the cluster CA, or it refused ours
+                raise RpcRemoteError(w.CODE_AUTH, f"TLS with {host}:{port} failed: {exc.reason or exc}") from None
             if isinstance(exc, OSError):
                 raise RpcUnavailable(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
             raise
@@ -262,6 +300,10 @@ class RpcClient:
 
 
 _Slot = asyncio.Future[Any] | _Then  # how a pending call is answered
+
+
+class _OldServer(RpcUnavailable):
+    """The server refused our version range as a version-1 server does (FATAL "version" to a range)."""
 
 
 class _ClientConn(asyncio.Protocol):
@@ -282,6 +324,8 @@ class _ClientConn(asyncio.Protocol):
         self.cnonce = os.urandom(w.NONCE_BYTES)
         self.snonce = b""
         self.peer_id = ""
+        self.version = 0
+        self.offered: int | list[int] = 1
         self.closed = False
 
     # -- hot path -----------------------------------------------------------------------
@@ -334,7 +378,8 @@ class _ClientConn(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = self.cork.transport = cast(asyncio.Transport, transport)
         c = self.client
-        self.transport.write(w.encode(self.packer, [w.HELLO, w.MAGIC, w.VERSION, c.node_id, self.cnonce]))
+        self.offered = w.offer(c.versions, legacy=self.addr in c._legacy)
+        self.transport.write(w.encode(self.packer, [w.HELLO, w.MAGIC, self.offered, c.node_id, self.cnonce]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
@@ -344,15 +389,35 @@ class _ClientConn(asyncio.Protocol):
         )
         self._shutdown(reason)
 
+    def _version_ok(self, version: Any) -> bool:
+        lo, hi = self.client.versions
+        return type(version) is int and lo <= version <= hi and (version == self.offered or type(self.offered) is list)
+
+    def _identity_refused(self, sid: str) -> str | None:
+        """With TLS: why the server's certificate does not fit the node id it claims (or the address's)."""
+        c = self.client
+        if c.ssl is None or c.identify is None or self.transport is None:
+            return None
+        cert_id = c.identify(self.transport.get_extra_info("peercert"))
+        if cert_id is None:
+            return "its certificate is not a node certificate of this cluster"
+        if cert_id != sid:
+            return f"it claims node id {sid!r}, its certificate names {cert_id!r}"
+        want = c.expect(self.addr) if c.expect is not None else None
+        if want is not None and want != sid:
+            return f"it is node {sid!r}, this address belongs to {want!r}"
+        return None
+
     def _control(self, msg: list[Any]) -> None:
         kind = msg[0]
         c = self.client
-        if kind == w.CHALLENGE and len(msg) == 3 and not self.snonce and not self.ready.done():
+        if kind == w.CHALLENGE and len(msg) in (3, 4) and not self.snonce and not self.ready.done():
             sid, snonce = msg[1], msg[2]
-            if type(sid) is not str or type(snonce) is not bytes:
+            version = msg[3] if len(msg) == 4 else 1
+            if type(sid) is not str or type(snonce) is not bytes or not self._version_ok(version):
                 self.close(RpcUnavailable(f"malformed challenge from {self.addr}"))
                 return
-            self.peer_id, self.snonce = sid, snonce
+            self.peer_id, self.snonce, self.version = sid, snonce, version
             proof = w.client_proof(c._secret, self.cnonce, snonce, c.node_id, sid)
             assert self.transport is not None
             self.transport.write(w.encode(self.packer, [w.AUTH, proof]))
@@ -362,15 +427,37 @@ class _ClientConn(asyncio.Protocol):
                 log.warning("rpc: peer at %s (%r) failed to prove the cluster secret", self.addr, self.peer_id)
                 self.close(RpcRemoteError(w.CODE_AUTH, f"peer at {self.addr} failed authentication"))
                 return
-            self.ready.set_result(None)
+            self._ready(self.peer_id)
+        elif kind == w.READY and len(msg) == 3 and not self.snonce and not self.ready.done():
+            sid, version = msg[1], msg[2]
+            if c.ssl is None or type(sid) is not str or type(version) is not int or version < 2:
+                # without TLS nothing but the secret authenticates a server: READY is not acceptable
+                self.close(RpcRemoteError(w.CODE_AUTH, f"peer at {self.addr} skipped authentication"))
+                return
+            if not self._version_ok(version):
+                self.close(RpcUnavailable(f"{self.addr[0]}:{self.addr[1]} chose protocol version {version!r}"))
+                return
+            self.peer_id, self.version = sid, version
+            self._ready(sid)
         elif kind == w.FATAL and len(msg) == 3:
             code, message = str(msg[1]), str(msg[2])
-            if not self.ready.done() and code == w.CODE_AUTH:
+            if (not self.ready.done() and code == w.CODE_VERSION and type(self.offered) is list
+                    and self.offered[0] <= 1):
+                self.close(_OldServer(message))
+            elif not self.ready.done() and code == w.CODE_AUTH:
                 self.close(RpcRemoteError(code, message))
             else:
                 self.close(RpcUnavailable(f"{self.addr[0]}:{self.addr[1]} closed the connection: {code}: {message}"))
         else:
             self.close(RpcUnavailable(f"unexpected message type {kind!r} from {self.addr[0]}:{self.addr[1]}"))
+
+    def _ready(self, sid: str) -> None:
+        refused = self._identity_refused(sid)
+        if refused is not None:
+            log.warning("rpc: refusing the peer at %s:%d: %s", self.addr[0], self.addr[1], refused)
+            self.close(RpcRemoteError(w.CODE_AUTH, f"peer at {self.addr[0]}:{self.addr[1]} refused: {refused}"))
+            return
+        self.ready.set_result(None)
 
     def close(self, reason: RpcError) -> None:
         if not self.closed:

@@ -1,5 +1,10 @@
 """RPC server: accepts peer connections, authenticates them, runs the handler per request.
 
+Before a peer has authenticated it gets little: a capped number of connections per listener (over the cap:
+FATAL "busy" and close), frames of at most `PREAUTH_MAX_FRAME` bytes, and `handshake_timeout` seconds for
+the TLS handshake and again for ours. With TLS (`ssl`), the peer's certificate must come from the cluster CA
+(the context requires it) and name the node id the peer claims in its HELLO (`identify`).
+
 One asyncio.Protocol per connection. Requests are decoded straight from `data_received` and handed
 to the handler at once: a handler that answers synchronously is replied to in the same call, one that
 returns a future is replied to from its done callback, and only a coroutine gets a task of its own
@@ -14,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Coroutine
+import ssl as _ssl
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from dynamostore.net import wire as w
@@ -29,8 +35,13 @@ _HELLO, _AUTH, _READY, _CLOSED = range(4)
 class RpcServer:
     """Listens on (host, port) and serves authenticated peers with `handler`.
 
+    `ssl`: a server context requiring client certificates (security.tls.peer_server_context); then
+    `identify(peercert)` must say which node id a certificate names (None: not a node of this cluster).
+    `versions`: the protocol versions spoken (default: wire.supported_versions()).
+
     `stats` counts: connections (accepted, total), open (currently open), auth_failures,
-    bad_frames (garbage, wrong shape, oversized, protocol violations), requests.
+    bad_frames (garbage, wrong shape, oversized, protocol violations), requests, busy (refused over
+    `max_connections`), and v1, v2, ...: handshakes completed at each protocol version.
     """
 
     def __init__(
@@ -43,12 +54,22 @@ class RpcServer:
         port: int,
         max_frame: int = w.DEFAULT_MAX_FRAME,
         handshake_timeout: float = 5.0,
+        ssl: _ssl.SSLContext | None = None,
+        identify: Callable[[Any], str | None] | None = None,
+        versions: tuple[int, int] | None = None,
+        max_connections: int = 1024,
     ) -> None:
+        if ssl is not None and identify is None:
+            raise ValueError("a TLS RpcServer needs identify(): who a peer certificate names")
         self.node_id = node_id
         self.handler = handler
         self.host = host
         self.max_frame = max_frame
         self.handshake_timeout = handshake_timeout
+        self.ssl = ssl
+        self.identify = identify
+        self.versions = versions or w.supported_versions()
+        self.max_connections = max_connections
         self._secret = secret
         self._want_port = port
         self._server: asyncio.base_events.Server | None = None
@@ -59,7 +80,12 @@ class RpcServer:
             "auth_failures": 0,
             "bad_frames": 0,
             "requests": 0,
+            "busy": 0,
         }
+
+    def peers(self) -> dict[str, int]:
+        """Authenticated inbound connections: peer node id -> protocol version spoken."""
+        return {c.peer_id: c.version for c in self._conns if c.state == _READY}
 
     @property
     def port(self) -> int:
@@ -74,7 +100,8 @@ class RpcServer:
             raise RuntimeError("RpcServer already started")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _ServerConn(self), self.host, self._want_port, reuse_address=True
+            lambda: _ServerConn(self), self.host, self._want_port, reuse_address=True, ssl=self.ssl,
+            ssl_handshake_timeout=self.handshake_timeout if self.ssl is not None else None,
         )
         # Restarting keeps the port we were given, even when it was chosen by the OS.
         self._want_port = self.port
@@ -109,7 +136,9 @@ class _ServerConn(asyncio.Protocol):
         self.srv = server
         self.loop = asyncio.get_running_loop()
         self.state = _HELLO
-        self.decoder = w.FrameDecoder(server.max_frame)
+        self.version = 0
+        self.cert_id: str | None = None  # the node id the peer's certificate names (TLS only)
+        self.decoder = w.FrameDecoder(min(server.max_frame, w.PREAUTH_MAX_FRAME))
         self.packer = w.new_packer()
         self.transport: asyncio.Transport | None = None
         self.peer_id = ""
@@ -126,6 +155,16 @@ class _ServerConn(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = self.cork.transport = cast(asyncio.Transport, transport)
         self.peer_addr = transport.get_extra_info("peername")
+        if self.srv.stats["open"] >= self.srv.max_connections:
+            self.srv.stats["busy"] += 1
+            log.warning("rpc: refusing %s: %d connections open (max_connections)", self.peer_addr,
+                        self.srv.stats["open"])
+            self.state = _CLOSED
+            self.transport.write(w.encode(self.packer, [w.FATAL, w.CODE_BUSY, "too many connections"]))
+            transport.close()
+            return
+        if self.srv.identify is not None and self.srv.ssl is not None:
+            self.cert_id = self.srv.identify(transport.get_extra_info("peercert"))
         self.srv._conns.add(self)
         self.srv.stats["connections"] += 1
         self.srv.stats["open"] += 1
@@ -226,16 +265,29 @@ class _ServerConn(asyncio.Protocol):
     def _control(self, msg: list[Any]) -> None:
         kind = msg[0]
         if self.state == _HELLO and kind == w.HELLO and len(msg) == 5:
-            _, magic, version, cid, cnonce = msg
+            _, magic, offered, cid, cnonce = msg
+            version = w.choose_version(offered, self.srv.versions)
+            lo, hi = self.srv.versions
             if magic != w.MAGIC or type(cid) is not str or type(cnonce) is not bytes:
                 self._bad(w.CODE_BAD_FRAME, "malformed hello")
-            elif version != w.VERSION:
-                self._bad(w.CODE_VERSION, f"unsupported protocol version {version!r}, want {w.VERSION}")
+            elif version is None:
+                self._bad(w.CODE_VERSION, f"unsupported protocol version {offered!r}, this node speaks "
+                                          f"{lo}" + (f" to {hi}" if hi != lo else ""))
+            elif self.srv.ssl is not None and self.cert_id != cid:
+                self.srv.stats["auth_failures"] += 1
+                named = f"names node {self.cert_id!r}" if self.cert_id else "is not a node certificate of this cluster"
+                log.warning("rpc auth failed: peer %s claims node id %r, its certificate %s", self.peer_addr, cid, named)
+                self._fatal(w.CODE_AUTH, f"the certificate {named}, not {cid!r}")
             else:
-                self.peer_id, self.cnonce = cid, cnonce
+                self.peer_id, self.cnonce, self.version = cid, cnonce, version
+                if self.srv.ssl is not None and version >= 2:
+                    # mutual TLS with the cluster CA authenticated both ends: no secret needed on top
+                    self._authenticated()
+                    self._send_now([w.READY, self.srv.node_id, version])
+                    return
                 self.snonce = os.urandom(w.NONCE_BYTES)
                 self.state = _AUTH
-                self._send_now([w.CHALLENGE, self.srv.node_id, self.snonce])
+                self._send_now([w.CHALLENGE, self.srv.node_id, self.snonce] + ([version] if version >= 2 else []))
         elif self.state == _AUTH and kind == w.AUTH and len(msg) == 2:
             args = (self.srv._secret, self.cnonce, self.snonce, self.peer_id, self.srv.node_id)
             if not w.proof_ok(w.client_proof(*args), msg[1]):
@@ -247,10 +299,7 @@ class _ServerConn(asyncio.Protocol):
                 )
                 self._fatal(w.CODE_AUTH, "authentication failed: wrong cluster secret")
                 return
-            if self.hs_timer is not None:
-                self.hs_timer.cancel()
-                self.hs_timer = None
-            self.state = _READY
+            self._authenticated()
             self._send_now([w.WELCOME, w.server_proof(*args)])
         elif self.state in (_HELLO, _AUTH) and kind == w.REQ:
             self.srv.stats["auth_failures"] += 1
@@ -260,6 +309,15 @@ class _ServerConn(asyncio.Protocol):
             self._bad(w.CODE_BAD_FRAME, "malformed request: want [REQ, int id, str method, payload]")
         else:
             self._bad(w.CODE_BAD_FRAME, f"unexpected message type {kind!r} in this state")
+
+    def _authenticated(self) -> None:
+        if self.hs_timer is not None:
+            self.hs_timer.cancel()
+            self.hs_timer = None
+        self.state = _READY
+        self.decoder.set_max_frame(self.srv.max_frame)
+        key = f"v{self.version}"
+        self.srv.stats[key] = self.srv.stats.get(key, 0) + 1
 
     def _handshake_expired(self) -> None:
         self.hs_timer = None

@@ -1,4 +1,4 @@
-"""Wire format of the node-to-node RPC: errors, frame layout, framing codec, handshake MACs.
+"""Wire format of the node-to-node RPC: errors, frame layout, framing codec, handshake and version range.
 
 Pure: no asyncio, no sockets, no clock. `net.client` and `net.server` drive it.
 
@@ -6,9 +6,16 @@ Every frame is a 4-byte big-endian body length followed by one msgpack value (pa
 `use_bin_type=True`, unpacked with `raw=False`, so bytes stay bytes and str stays str). The value
 is always a list whose first element is the message type:
 
-    handshake (once per connection, in this order)
-      C->S  [HELLO, "dsrpc", VERSION, client_node_id, client_nonce]
-      S->C  [CHALLENGE, server_node_id, server_nonce]
+    handshake (once per connection)
+      C->S  [HELLO, "dsrpc", offer, client_node_id, client_nonce]
+            offer: [min, max], the protocol versions the client speaks; a bare int v means exactly v (the
+            version 1 release sent 1 and its servers accepted nothing else)
+      the server picks the highest version both speak (FATAL "version" when there is none), then:
+        on a TLS connection, version >= 2: the certificates already authenticated both ends
+      S->C  [READY, server_node_id, version]
+        otherwise, a challenge-response over the cluster secret:
+      S->C  [CHALLENGE, server_node_id, server_nonce]            (version 1)
+            [CHALLENGE, server_node_id, server_nonce, version]   (version >= 2)
       C->S  [AUTH, client_proof]
       S->C  [WELCOME, server_proof]              (or FATAL "auth" and close)
     then, multiplexed by request id (an int chosen by the client, unique per connection)
@@ -17,16 +24,26 @@ is always a list whose first element is the message type:
     either side, then close:
       [FATAL, code, message]
 
-Proofs are HMAC-SHA256(secret, label | client_nonce | server_nonce | client_id | server_id) with
-distinct labels for the two directions, so neither proof can be replayed or reflected as the other
-and the secret never crosses the wire. The client proves first: a client with the wrong secret is
-refused by the server (which logs it), instead of giving up silently on its own side.
+On TLS connections (mutual TLS with the cluster CA, `dynamostore.security.tls`) each side also checks that
+the node id the other claims is the one its certificate names; the frames after the handshake are
+encrypted and integrity-protected by TLS. On plaintext connections (the loopback quick start) only the
+handshake is authenticated: proofs are HMAC-SHA256(secret, label | client_nonce | server_nonce | client_id |
+server_id) with distinct labels for the two directions, so neither proof can be replayed or reflected as
+the other and the secret never crosses the wire; the client proves first, so a client with the wrong secret
+is refused by the server (which logs it) instead of giving up silently on its own side.
+
+Versions: 1 is the release before version ranges (exact match, always the HMAC handshake). 2 adds the
+range, the version in CHALLENGE, and READY on TLS. A node speaking 1..2 talks to a version-1 node: it
+answers that node's bare `1`, and when a version-1 server refuses its range it reconnects offering `1`
+(net.client). Rolling upgrades thus run old and new nodes side by side; a node can be held at older
+versions with DYNAMOSTORE_RPC_VERSION_MAX (while the rest of a cluster is upgraded, and in tests).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import struct
 from typing import Any, Awaitable, Callable, Final
 
@@ -72,15 +89,18 @@ HELLO: Final = 10
 CHALLENGE: Final = 11
 AUTH: Final = 12
 WELCOME: Final = 13
+READY: Final = 14
 REQ: Final = 1
 OK: Final = 2
 ERR: Final = 3
 FATAL: Final = 4
 
 MAGIC: Final = "dsrpc"
-VERSION: Final = 1
+VERSION: Final = 2  # the newest protocol version this code speaks
+MIN_VERSION: Final = 1  # the oldest it still speaks
 NONCE_BYTES: Final = 16
 DEFAULT_MAX_FRAME: Final = 64 << 20
+PREAUTH_MAX_FRAME: Final = 4096  # before the handshake completes, frames are small: no 64 MiB buffers for strangers
 
 # Connection-level error codes (sent in FATAL frames).
 CODE_AUTH: Final = "auth"
@@ -89,6 +109,7 @@ CODE_TOO_LARGE: Final = "too_large"
 CODE_VERSION: Final = "version"
 CODE_SHUTDOWN: Final = "shutdown"
 CODE_HANDSHAKE_TIMEOUT: Final = "handshake_timeout"
+CODE_BUSY: Final = "busy"
 
 _HEADER = struct.Struct(">I")
 _pack_header = _HEADER.pack
@@ -142,6 +163,10 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def set_max_frame(self, max_frame: int) -> None:
+        """Change the cap (a connection raises it once the peer has authenticated)."""
+        self._max = max_frame
+
     def feed(self, data: bytes) -> tuple[list[Any], FrameError | None]:
         """Return the messages completed by `data`, and the error that stopped decoding, if any.
 
@@ -189,6 +214,44 @@ class FrameDecoder:
 
 
 # --------------------------------------------------------------------------- handshake
+
+
+def supported_versions() -> tuple[int, int]:
+    """The protocol versions this process speaks: MIN_VERSION..VERSION, or fewer when the environment holds
+    DYNAMOSTORE_RPC_VERSION_MAX (a node kept at the previous version during a rolling upgrade, or in tests)."""
+    raw = os.environ.get("DYNAMOSTORE_RPC_VERSION_MAX")
+    top = VERSION
+    if raw:
+        try:
+            top = int(raw)
+        except ValueError:
+            raise ValueError(f"DYNAMOSTORE_RPC_VERSION_MAX must be an integer, not {raw!r}") from None
+        if not MIN_VERSION <= top <= VERSION:
+            raise ValueError(f"DYNAMOSTORE_RPC_VERSION_MAX must be from {MIN_VERSION} to {VERSION}, not {top}")
+    return MIN_VERSION, top
+
+
+def offer(versions: tuple[int, int], legacy: bool = False) -> int | list[int]:
+    """What a HELLO offers: the range, or the bare 1 that version-1 servers accept (`legacy`, or a node
+    that speaks nothing newer)."""
+    lo, hi = versions
+    if legacy or hi == 1:
+        return 1
+    return [lo, hi]
+
+
+def choose_version(offered: Any, versions: tuple[int, int]) -> int | None:
+    """The version a server speaks with a client that offered `offered`, or None when they share none."""
+    lo, hi = versions
+    if type(offered) is int:
+        return offered if lo <= offered <= hi else None
+    if type(offered) is not list or len(offered) != 2 or not all(type(v) is int for v in offered):
+        return None
+    if hi == 1:
+        return None  # as the version-1 release did: it knew no ranges (its clients then offer a bare 1)
+    best = min(offered[1], hi)
+    return best if best >= max(offered[0], lo) else None
+
 
 
 def _mac(label: bytes, secret: bytes, cnonce: bytes, snonce: bytes, cid: str, sid: str) -> bytes:
