@@ -9,6 +9,14 @@ with a single join/encode): no multidicts, no URL objects, nothing per request t
 Protocol errors answer JSON like the API does ({"error", "reason"}): 400 for a malformed request, 431 for a
 header section over `head_limit`, 413 (from the `too_large` hook) for a body over the route's limit; each
 closes the connection after a short lingering half-close, so the client reads the answer instead of a reset.
+
+Nothing a client does makes the server wait or hold memory without bound: a request head must arrive within
+`header_timeout` (a connection that sends nothing at all is closed then too), a body within `body_timeout`
+of its head (408 either way), an idle keep-alive connection closes after `keepalive_timeout`, and so does a
+client that stops reading its answers; a listener holds at most `max_connections` (more are answered 503 and
+closed). One sweep per tick checks every connection: no timer per request. `gate(request)`, when set, runs
+as soon as a head is complete, before any body is read or invited: a refusal it returns (401, 403) is the
+answer, and a request whose body would follow closes the connection after it. `start(ssl=...)` serves HTTPS.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import asyncio
 import json
 import logging
 import re
+import ssl as _ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from email.utils import formatdate
@@ -56,6 +65,7 @@ class Request:
         "path",
         "query_string",
         "raw_path",
+        "denied",
     )
 
     def __init__(self, method: str, raw_path: str, query_string: str, headers: dict[str, str],
@@ -70,6 +80,7 @@ class Request:
         self.content_length = content_length
         self.body = b""
         self._query: dict[str, str] | None = None
+        self.denied: Response | None = None  # the gate's refusal: answered instead of running the handler
 
     @property
     def query(self) -> Mapping[str, str]:
@@ -206,6 +217,7 @@ def encode_response(resp: Response, keep_alive: bool, http10: bool, head: bool) 
 
 Handler = Callable[[Request], Awaitable[Response]]
 TooLarge = Callable[[Request, int | None, int], Response]
+Gate = Callable[[Request], Response | None]
 
 
 def _default_too_large(req: Request, size: int | None, limit: int) -> Response:
@@ -219,15 +231,23 @@ def _constant(n: int) -> Callable[[str, str], int]:
 
 class HttpServer:
     """Serves `handler` on host:port. `body_limit(method, path)` caps each request's body (an int caps all);
-    `too_large(request, size or None, limit)` renders the 413 (the request has method, path and headers)."""
+    `too_large(request, size or None, limit)` renders the 413 (the request has method, path and headers);
+    `gate(request)` may refuse a request from its head alone (see the module's docstring)."""
 
     def __init__(self, handler: Handler, *, body_limit: int | Callable[[str, str], int] = 1 << 20,
                  too_large: TooLarge | None = None, keepalive_timeout: float = 75.0,
-                 shutdown_timeout: float = 3.0, head_limit: int = HEAD_LIMIT) -> None:
+                 shutdown_timeout: float = 3.0, head_limit: int = HEAD_LIMIT, header_timeout: float = 10.0,
+                 body_timeout: float = 30.0, max_connections: int = 1024, gate: Gate | None = None) -> None:
         self.handler = handler
         self.body_limit = _constant(body_limit) if isinstance(body_limit, int) else body_limit
         self.too_large = too_large or _default_too_large
         self.keepalive_timeout = keepalive_timeout
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.max_connections = max_connections
+        self.gate = gate
+        self.refused = 0  # connections answered 503 over max_connections
+        self.timed_out = 0  # connections closed by a header, body or keep-alive timeout
         self.shutdown_timeout = shutdown_timeout
         self.head_limit = head_limit
         self.connections: set[_Connection] = set()
@@ -242,10 +262,12 @@ class HttpServer:
         assert server is not None and server.sockets
         return int(server.sockets[0].getsockname()[1])
 
-    async def start(self, host: str, port: int, reuse_address: bool = True) -> None:
+    async def start(self, host: str, port: int, reuse_address: bool = True, ssl: _ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
+        # a TLS handshake gets the time a request head gets
         self._server = await loop.create_server(lambda: _Connection(self), host, port, reuse_address=reuse_address,
-                                                backlog=1024)
+                                                backlog=1024, ssl=ssl,
+                                                ssl_handshake_timeout=self.header_timeout if ssl else None)
         global _date_server
         _date_server = _date_line()
         self._sweeper = loop.create_task(self._sweep())
@@ -279,18 +301,17 @@ class HttpServer:
             self._all_closed.set()
 
     async def _sweep(self) -> None:
-        """Refresh the Date header every second; close keep-alive connections idle for longer than the
-        timeout (one timer for all of them, not a timer handle armed and cancelled per request)."""
+        """Refresh the Date header every second; enforce the header, body and keep-alive timeouts (one timer
+        for all connections, not a timer handle armed and cancelled per request)."""
         global _date_server
         loop = asyncio.get_running_loop()
-        tick = min(1.0, self.keepalive_timeout / 4)
+        tick = min(1.0, self.keepalive_timeout / 4, self.header_timeout / 4, self.body_timeout / 4)
         while True:
             await asyncio.sleep(tick)
             _date_server = _date_line()
-            deadline = loop.time() - self.keepalive_timeout
+            now = loop.time()
             for conn in list(self.connections):
-                if conn.idle_since(deadline):
-                    conn.close_idle()
+                conn.check_timeouts(now)
 
 
 class _Abort(Exception):
@@ -325,7 +346,9 @@ class _Connection(asyncio.Protocol):
         self.discarding = False
         self.write_paused = False
         self.read_paused = False
-        self.last_active = self.loop.time()
+        self.last_active = self.opened = self.loop.time()
+        self.head_since = self.body_since = self.paused_since = 0.0  # when this head / body / write pause began
+        self.fresh = True  # no request completed yet
         self.linger: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------------
@@ -334,6 +357,14 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         if self.server.stopping:
             transport.close()
+            return
+        if len(self.server.connections) >= self.server.max_connections:
+            # answered before anything is read, then closed: a flood of connections costs no buffers
+            self.server.refused += 1
+            self.discarding = True
+            self._write(encode_response(error_body(503, "overloaded", "too many connections to this node; retry "
+                                                   "later or elsewhere"), False, False, False))
+            self._close(linger=True)
             return
         self.server.connections.add(self)
 
@@ -350,6 +381,8 @@ class _Connection(asyncio.Protocol):
             return
         self.last_active = self.loop.time()
         if self.in_head:
+            if not self.head_fed:
+                self.head_since = self.last_active
             self.head_fed += len(data)
         try:
             self.parser.feed_data(data)
@@ -374,6 +407,7 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.paused_since = self.loop.time()
         self._pause_reading()
 
     def resume_writing(self) -> None:
@@ -417,6 +451,13 @@ class _Connection(asyncio.Protocol):
         method = p.get_method()
         req = self.req = Request(_METHODS.get(method) or method.decode(), path.decode(), query.decode(), headers,
                                  p.should_keep_alive(), length, http10)
+        self.body_since = self.last_active
+        gate = self.server.gate
+        if gate is not None and (denied := gate(req)) is not None:
+            if length or "transfer-encoding" in headers:  # a body would follow: answer without reading it
+                self._fail(denied)
+                raise _Abort
+            req.denied = denied
         if length is not None:
             limit = self.limit = self.server.body_limit(req.method, req.path)
             if length > limit:  # answered at once, without reading (or inviting) the body
@@ -459,6 +500,7 @@ class _Connection(asyncio.Protocol):
             self.body_size = 0
         self.limit = -1
         self.continue_due = False
+        self.fresh = False
         self.req = None
         self.url = b""
         self.headers = {}
@@ -475,7 +517,7 @@ class _Connection(asyncio.Protocol):
 
     async def _run(self, req: Request) -> None:
         try:
-            resp = await self.server.handler(req)
+            resp = req.denied or await self.server.handler(req)
         except asyncio.CancelledError:
             self.task = None
             self.server.forget(self)
@@ -571,11 +613,27 @@ class _Connection(asyncio.Protocol):
 
     # --- called by the server ---------------------------------------------------------------------------
 
-    def idle_since(self, deadline: float) -> bool:
-        return self.task is None and not self.queue and self.linger is None and self.last_active < deadline
-
-    def close_idle(self) -> None:
-        if self.transport is not None:
+    def check_timeouts(self, now: float) -> None:
+        """Close what waited too long: a head or body still arriving (408), an idle keep-alive connection or
+        one that never sent anything (closed), a client that does not read its answers (cut)."""
+        srv = self.server
+        if self.transport is None or self.linger is not None:
+            return
+        if self.task is not None or self.queue or self.discarding:  # busy answering, or closing anyway
+            if self.write_paused and now - self.paused_since > srv.keepalive_timeout:
+                srv.timed_out += 1
+                self.abort()
+            return
+        if not self.in_head:
+            if now - self.body_since > srv.body_timeout:
+                srv.timed_out += 1
+                self._fail(error_body(408, "timeout", f"the request body did not arrive within {srv.body_timeout:g} s"))
+        elif self.head_fed:
+            if now - self.head_since > srv.header_timeout:
+                srv.timed_out += 1
+                self._fail(error_body(408, "timeout", f"the request head did not arrive within {srv.header_timeout:g} s"))
+        elif now - self.last_active > (srv.header_timeout if self.fresh else srv.keepalive_timeout):
+            srv.timed_out += 1
             self.transport.close()
 
     def shutdown(self) -> None:
