@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -27,8 +27,9 @@ from dynamostore.api.debug import DebugApi, debug_routes
 from dynamostore.api.kv import KvApi
 from dynamostore.api.openapi import spec
 from dynamostore.api.ops import OpsApi
-from dynamostore.api.routes import build_server
+from dynamostore.api.routes import Access, build_server
 from dynamostore.api.server import HttpServer
+from dynamostore.api.tokens import TokenApi
 from dynamostore.api.ui import ConsoleApi, console_routes
 from dynamostore.cluster.liveness import Detector, Heartbeater
 from dynamostore.cluster.membership import MembershipService
@@ -44,13 +45,14 @@ from dynamostore.metrics import NodeMetrics, gauge
 from dynamostore.net.rpc import RpcClient, RpcRemoteError, RpcRouter, RpcServer, RpcUnavailable
 from dynamostore.outcome import Then
 from dynamostore.runtime import LoopClock, Supervisor
+from dynamostore.security.node_security import NodeSecurity
 from dynamostore.services.antientropy import AntiEntropyService
 from dynamostore.services.handoff import HandoffService
 from dynamostore.services.history import HistoryService, Reading
 from dynamostore.services.transfer import TransferService
 from dynamostore.storage.store import Storage
 from dynamostore.views import Service
-from ring.membership import MemberInfo, MembershipState, pending_write_targets
+from ring.membership import ApiToken, MemberInfo, MembershipState, pending_write_targets
 from ring.placement import Ring, initial_ring
 
 log = logging.getLogger(__name__)
@@ -85,9 +87,12 @@ class Node:
         self.tasks = Supervisor()
         self._catching_up = False
         self.stop_step = ""
+        # TLS contexts, peer identities, the HTTP access policy; refuses to expose a node without them
+        self.security = NodeSecurity(config)
         bind = config.me.rpc_host
         self.rpc_client = RpcClient(self.node_id, config.secret, connect_timeout=0.5,
-                                    local_host=None if bind in ("0.0.0.0", "::", "127.0.0.1", "localhost") else bind)
+                                    local_host=None if bind in ("0.0.0.0", "::", "127.0.0.1", "localhost") else bind,
+                                    expect=self._member_at, **self.security.rpc_client_options())
         self.router = RpcRouter()
         self.rpc_server: RpcServer | None = None
         self.http_runner: HttpServer | None = None
@@ -204,6 +209,7 @@ class Node:
         self.membership = MembershipService(
             f.raft, node_id=self.node_id, cluster=cfg.cluster, founder=cfg.founder, data_dir=cfg.data_dir,
             peers=self.peers, methods=self.router, liveness=self.liveness, publish=self.cluster.apply,
+            bootstrap_token=self.security.bootstrap_token,
         )
         self.handoff = HandoffService(
             f.handoff, replica=self.replica, peers=self.peers, liveness=self.liveness, methods=self.router,
@@ -227,7 +233,8 @@ class Node:
         self._register_rpc()
         for s in self.services:  # before the RPC server, so their methods are there for the first peer
             await s.start()
-        self.rpc_server = RpcServer(self.node_id, cfg.secret, self.router, host=me.rpc_host, port=me.rpc_port)
+        self.rpc_server = RpcServer(self.node_id, cfg.secret, self.router, host=me.rpc_host, port=me.rpc_port,
+                                    **self.security.rpc_server_options())
         await self.rpc_server.start()
         self.heartbeater.start()
         self.metrics.add_gauges(self._gauges)
@@ -240,11 +247,32 @@ class Node:
         debug = DebugApi(placement=self.cluster, liveness=self.liveness, peers=self.peers, local=self._inspect_local,
                          locate=self.replica.ref, max_key_bytes=limits.max_key_bytes)
         console_exact, console_prefixed = console_routes(ConsoleApi(self.history.document))
+        sec = self.security
         self.http_runner = build_server(kv, ops, admin, self.metrics, extra=console_exact,
-                                        prefixed=console_prefixed | debug_routes(debug))
-        await self.http_runner.start(me.http_host, me.http_port, reuse_address=True)
-        log.info("node %s serving http://%s:%d (rpc %s:%d); compiled modules: %s", self.node_id, me.http_host,
-                 me.http_port, me.rpc_host, me.rpc_port, native.status)
+                                        prefixed=console_prefixed | debug_routes(debug), tokens=TokenApi(self.membership),
+                                        access=Access(sec.policy, self._tokens) if sec.auth else None,
+                                        listeners=f.listeners)
+        await self.http_runner.start(me.http_host, me.http_port, reuse_address=True, ssl=sec.http_ssl)
+        log.info("node %s serving %s://%s:%d (rpc %s:%d%s, client tokens %s); compiled modules: %s", self.node_id,
+                 "https" if sec.tls else "http", me.http_host, me.http_port, me.rpc_host, me.rpc_port,
+                 ", mutual TLS" if sec.tls else "", "required" if sec.auth else "off", native.status)
+
+    def _tokens(self) -> Mapping[str, ApiToken]:
+        """The API tokens requests are checked against: the committed membership's. A node that has not
+        joined yet knows none: until it does, the cluster file's bootstrap admin token opens its /status
+        (what `dynamostore admin join --new URL` reads); it serves no data anyway."""
+        st = self.membership.state
+        if st.initialized:
+            return st.tokens
+        boot = self.security.bootstrap_token
+        return {boot.id: boot} if boot is not None else {}
+
+    def _member_at(self, addr: tuple[str, int]) -> str | None:
+        """The member whose RPC address `addr` is: the node a TLS peer there must prove to be."""
+        for mid, m in self.cluster.addresses.items():
+            if (m.rpc_host, m.rpc_port) == addr:
+                return mid
+        return None
 
     async def stop(self) -> None:
         # Stop taking requests first (clients, then peers), so nothing changes the data after the
@@ -408,6 +436,8 @@ class Node:
             "coordinator": {"read_repairs": self.coordinator.read_repairs, "forwarded": self.coordinator.forwarded},
             "siblings": {"written": self.replica.siblings_written, "merged": self.replica.siblings_merged},
             "compiled_modules": {"active": native.active, "status": native.status},
+            "rpc": {"tls": self.security.tls, "versions": list(self.rpc_client.versions),
+                    "inbound": self.rpc_server.peers() if self.rpc_server else {}, "outbound": self.rpc_client.peers()},
         }
         for s in self.services:
             out.update(s.status())

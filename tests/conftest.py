@@ -15,8 +15,8 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     made: list[Cluster] = []
 
     async def make(nodes: int = 3, settings: dict[str, Any] | None = None, start: bool = True,
-                   own_addresses: bool = False) -> Cluster:
-        c = Cluster(tmp_path / f"cluster{len(made)}", nodes, settings, own_addresses)
+                   own_addresses: bool = False, tls: bool = False) -> Cluster:
+        c = Cluster(tmp_path / f"cluster{len(made)}", nodes, settings, own_addresses, tls)
         made.append(c)
         if start:
             await c.start_all()

@@ -7,7 +7,9 @@ anti-entropy, membership and fault tests.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -42,11 +44,13 @@ class Cluster:
     """N node processes sharing DIR/cluster.toml, like `dynamostore cluster`, but controllable per node."""
 
     def __init__(self, root: Path, nodes: int, settings: dict[str, Any] | None = None,
-                 own_addresses: bool = False) -> None:
+                 own_addresses: bool = False, tls: bool = False) -> None:
         """`own_addresses`: node k listens (and connects from) 127.0.0.(k+1) instead of 127.0.0.1, so that
-        packet filters can cut the network between nodes (tests/nemesis.py partitions)."""
+        packet filters can cut the network between nodes (tests/nemesis.py partitions). `tls`: as
+        `dynamostore cluster --tls` (HTTPS, mutual TLS, tokens); the session sends the admin token."""
         self.root = root
         self.nodes = nodes
+        self.tls = tls
         self.hosts = {f"n{k}": (f"127.0.0.{k + 1}" if own_addresses else "127.0.0.1") for k in range(1, nodes + 4)}
         self.base_port = free_base_port(nodes, spare=3)
         settings_file = None
@@ -55,7 +59,8 @@ class Cluster:
             root.mkdir(parents=True, exist_ok=True)
             settings_file.write_text(tomli_w.dumps(settings))
         hosts = [self.hosts[f"n{k}"] for k in range(1, nodes + 1)] if own_addresses else None
-        self.config = write_cluster_file(root, nodes, self.base_port, settings_file, hosts)
+        self.config = write_cluster_file(root, nodes, self.base_port, settings_file, hosts, tls=tls)
+        self.admin_token = (root / "admin.token").read_text().strip() if tls else None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.session: aiohttp.ClientSession | None = None
 
@@ -67,19 +72,28 @@ class Cluster:
         return self.base_port + int(nid[1:]) - 1
 
     def url(self, nid: str) -> str:
-        return f"http://{self.hosts[nid]}:{self.http_port(nid)}"
+        return f"{'https' if self.tls else 'http'}://{self.hosts[nid]}:{self.http_port(nid)}"
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """Trusts the cluster's CA (True: aiohttp's default, for a plain-HTTP cluster)."""
+        if not self.tls:
+            return True
+        from dynamostore.security.tls import client_context
+
+        return client_context(self.root / "certs" / "ca.crt")
 
     def rpc_port(self, nid: str) -> int:
         return self.base_port + int(nid[1:]) - 1 + RPC_PORT_OFFSET
 
-    def start(self, nid: str) -> None:
-        """Start (or restart) node nK. Nodes past the founding N are new nodes that will join: they get
-        their ports on the command line, following the same numbering."""
+    def start(self, nid: str, env: dict[str, str] | None = None) -> None:
+        """Start (or restart) node nK, with `env` added to its environment. Nodes past the founding N are new
+        nodes that will join: they get their ports on the command line, following the same numbering."""
         log = open(self.root / f"{nid}.log", "ab")
         cmd = [sys.executable, "-m", "dynamostore", "node", "--config", str(self.config), "--id", nid]
         if int(nid[1:]) > self.nodes:
             cmd += ["--http-port", str(self.http_port(nid)), "--rpc-port", str(self.rpc_port(nid))]
-        self.procs[nid] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[nid] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                           env={**os.environ, **env} if env else None)
 
     def kill(self, nid: str, sig: int = signal.SIGKILL) -> None:
         p = self.procs[nid]
@@ -93,7 +107,9 @@ class Cluster:
 
     async def http(self) -> aiohttp.ClientSession:
         if self.session is None:
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+            headers = {"Authorization": f"Bearer {self.admin_token}"} if self.admin_token else None
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=headers,
+                                                 connector=aiohttp.TCPConnector(ssl=self.ssl_context()))
         return self.session
 
     async def healthy(self, nid: str) -> bool:

@@ -1,20 +1,28 @@
 """The HTTP routing table of a node: exact-path routes, the key routes by prefix, a few other prefix routes
-(the console's files, the key inspector), the mapping of errors to statuses, and the request counters and
-latencies (metrics.RequestStats)."""
+(the console's files, the key inspector), the mapping of errors to statuses, the request counters and
+latencies (metrics.RequestStats), and, when clients need tokens, the gate that checks each request's token
+against the permission its route needs (security.authz) as soon as its head is read: 401 without a valid
+token (unknown, expired, revoked), 403 when the token lacks the role."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from dynamostore.api.admin import AdminApi, AdminError, admin_routes
 from dynamostore.api.errors import BadRequest, error
 from dynamostore.api.kv import KvApi
 from dynamostore.api.ops import OpsApi
-from dynamostore.api.server import HttpServer, InvalidJSON, Request, Response
+from dynamostore.api.server import Gate, HttpServer, InvalidJSON, Request, Response
+from dynamostore.api.tokens import TokenApi, token_routes
+from dynamostore.config import ListenerSettings
 from dynamostore.kv.coordinator import Unavailable
 from dynamostore.metrics import NodeMetrics
+from dynamostore.security.authz import Policy
+from dynamostore.security.tokens import Principal, authenticate, names_of
+from ring.membership import ApiToken
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +37,23 @@ def _too_large(size: int | None, limit: int) -> Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+@dataclass(frozen=True)
+class Access:
+    """Client authentication: which permission each route needs, and the tokens known right now."""
+
+    policy: Policy
+    tokens: Callable[[], Mapping[str, ApiToken]]
+
+
 def build_server(api: KvApi, ops: OpsApi, admin: AdminApi, metrics: NodeMetrics,
                  extra: dict[tuple[str, str], Handler] | None = None,
-                 prefixed: dict[str, dict[str, Handler]] | None = None) -> HttpServer:
+                 prefixed: dict[str, dict[str, Handler]] | None = None, tokens: TokenApi | None = None,
+                 access: Access | None = None, listeners: ListenerSettings | None = None) -> HttpServer:
     """Our own dispatch on dynamostore.api.server: exact-path routes (`extra` adds some by (method, path)),
     the key routes by prefix, other routes by prefix (`prefixed`: prefix -> method -> handler; looked at only
     when no exact route matched, so a key request never pays for them), the error mapping below, and the
-    request counters and latencies (metrics.RequestStats)."""
+    request counters and latencies (metrics.RequestStats). `tokens`: the token admin endpoints; `access`:
+    tokens required (None: none); `listeners`: timeouts and the connection cap."""
     limit = api.limits.max_value_bytes
     kv: dict[str, Handler] = {"GET": api.get, "HEAD": api.get, "PUT": api.put, "POST": api.put,
                               "DELETE": api.delete}
@@ -48,7 +66,8 @@ def build_server(api: KvApi, ops: OpsApi, admin: AdminApi, metrics: NodeMetrics,
         "/kv": {m: api.empty_key for m in kv},
         "/kv/": {m: api.empty_key for m in kv},
     }
-    for (method, path), handler in (admin_routes(admin) | (extra or {})).items():
+    token_api = token_routes(tokens) if tokens is not None else {}
+    for (method, path), handler in (admin_routes(admin) | (extra or {}) | token_api).items():
         routes.setdefault(path, {})[method] = handler
     prefixes = sorted((prefixed or {}).items(), key=lambda kv: -len(kv[0]))  # the longest prefix first
 
@@ -107,7 +126,35 @@ def build_server(api: KvApi, ops: OpsApi, admin: AdminApi, metrics: NodeMetrics,
         record(request, resp.status, time.perf_counter())
         return resp
 
-    return HttpServer(dispatch, body_limit=body_limit, too_large=too_large, shutdown_timeout=3.0)
+    gate = make_gate(access.policy, access.tokens, record) if access is not None else None
+    lst = listeners or ListenerSettings()
+    return HttpServer(dispatch, body_limit=body_limit, too_large=too_large, shutdown_timeout=3.0, gate=gate,
+                      keepalive_timeout=lst.idle_timeout_s, header_timeout=lst.header_timeout_s,
+                      body_timeout=lst.body_timeout_s, max_connections=lst.max_http_connections)
+
+
+def make_gate(policy: Policy, tokens: Callable[[], Mapping[str, ApiToken]],
+              record: Callable[[Request, int, float], None]) -> Gate:
+    """The server's gate: None lets a request through; a refusal is its answer (and is counted)."""
+    required = policy.required
+
+    def gate(request: Request) -> Response | None:
+        need = required(request.method, request.path, request.query_string)
+        if need is None:
+            return None
+        who = authenticate(tokens(), request.headers.get("authorization"), time.time())
+        if isinstance(who, Principal):
+            if not need & ~who.mask:
+                return None
+            resp = error(403, "forbidden", f"token {who.id} has the roles {names_of(who.mask)}; {request.method} "
+                                           f"{request.path} needs {names_of(need)}")
+        else:
+            resp = error(401, "unauthorized", who.reason)
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="dynamostore"'
+        record(request, resp.status, time.perf_counter())
+        return resp
+
+    return gate
 
 
 async def _method_not_allowed(request: Request) -> Response:

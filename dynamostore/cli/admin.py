@@ -7,19 +7,25 @@ import json
 import sys
 from typing import Any
 
+from dynamostore.cli.http import Credentials
 from dynamostore.cli.http import get_json as _get_json
 from dynamostore.cli.http import request as _request
 
 
 def run(args: argparse.Namespace) -> int:
     base = args.url.rstrip("/")
+    try:
+        creds = Credentials.from_args(args)
+    except OSError as exc:
+        print(f"dynamostore admin: {exc}", file=sys.stderr)
+        return 2
     body: dict[str, Any] | None = None
     if args.op in ("join", "replace"):
         if not args.new:
             print(f"dynamostore admin {args.op}: --new URL of the new node is required", file=sys.stderr)
             return 2
         try:
-            st = _get_json(args.new.rstrip("/") + "/status")
+            st = _get_json(args.new.rstrip("/") + "/status", creds)
         except OSError as exc:
             print(f"cannot reach the new node at {args.new}: {exc}", file=sys.stderr)
             return 1
@@ -38,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         body = {}
     method = "GET" if body is None else "POST"
     data = None if body is None else json.dumps(body).encode()
-    status, _, raw = _request(method, f"{base}/admin/{args.op}", data, {"Content-Type": "application/json"})
+    status, _, raw = _request(method, f"{base}/admin/{args.op}", data, {"Content-Type": "application/json"}, creds)
     try:
         doc = json.loads(raw)
     except ValueError:

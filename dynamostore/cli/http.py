@@ -1,23 +1,76 @@
-"""The small HTTP helpers of the operator commands (admin, status)."""
+"""The small HTTP helpers of the operator commands (admin, status, token, kv): TLS and the API token.
+
+Credentials come from the command's `--ca` / `--token-file` options or the environment: DYNAMOSTORE_CA (the
+cluster CA, to verify an https:// node), DYNAMOSTORE_TOKEN_FILE (a file holding the token) or
+DYNAMOSTORE_TOKEN (the token itself). The token is sent as `Authorization: Bearer <token>`."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import ssl
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
-def request(method: str, url: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers)
+class CredentialsError(OSError):
+    """A token file or CA that cannot be read (an OSError: the commands report it like an unreachable node)."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    token: str | None = None
+    ca: Path | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace | None = None) -> Credentials:
+        """The command's --token-file and --ca, else the environment's."""
+        token_file = getattr(args, "token_file", None) or os.environ.get("DYNAMOSTORE_TOKEN_FILE")
+        ca = getattr(args, "ca", None) or os.environ.get("DYNAMOSTORE_CA")
+        token = os.environ.get("DYNAMOSTORE_TOKEN") or None
+        if token_file:
+            try:
+                token = Path(token_file).read_text().strip()
+            except OSError as exc:
+                raise CredentialsError(f"cannot read the token file {token_file}: {exc.strerror or exc}") from exc
+        return cls(token, Path(ca) if ca else None)
+
+    def headers(self, headers: dict[str, str]) -> dict[str, str]:
+        return {**headers, "Authorization": f"Bearer {self.token}"} if self.token else headers
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.ca is None:
+            return None
+        from dynamostore.security.tls import TlsError, client_context
+
+        try:
+            return client_context(self.ca)
+        except TlsError as exc:
+            raise CredentialsError(str(exc)) from exc
+
+
+def request(method: str, url: str, body: bytes | None, headers: dict[str, str],
+            creds: Credentials | None = None) -> tuple[int, dict[str, str], bytes]:
+    creds = creds or Credentials.from_args()
+    req = urllib.request.Request(url, data=body, method=method, headers=creds.headers(headers))
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=30, context=creds.ssl_context()) as r:
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()
 
 
-def get_json(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        doc: dict[str, Any] = json.loads(r.read())
-        return doc
+def get_json(url: str, creds: Credentials | None = None) -> dict[str, Any]:
+    status, _, raw = request("GET", url, None, {}, creds)
+    if status != 200:
+        try:
+            reason = json.loads(raw).get("reason", "")
+        except (ValueError, AttributeError):
+            reason = raw[:200].decode(errors="replace")
+        raise urllib.error.URLError(f"{url} answered {status}: {reason}")
+    doc: dict[str, Any] = json.loads(raw)
+    return doc

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dynamostore.cli.http import Credentials
 from dynamostore.client import BadRequest, Client, ClientError, Consistency, Info, NotFound, Object, QuorumError
 
 
@@ -40,7 +41,13 @@ def run(args: argparse.Namespace) -> int:
     opts = _options(args)
     urls = [u.strip() for u in args.url.split(",") if u.strip()]
     try:
-        with Client(urls) as client:
+        creds = Credentials.from_args(args)  # --token-file and --ca, or the environment's
+        tls = creds.ssl_context()
+    except OSError as exc:
+        print(f"dynamostore kv: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with Client(urls, token=creds.token, ssl=tls) as client:
             if args.op == "get":
                 obj = client.get(args.key, **opts)
                 if len(obj.siblings) == 1:

@@ -4,6 +4,10 @@ Writes DIR/cluster.toml (reused on the next start so the secret and data stay va
 `dynamostore node --config DIR/cluster.toml --id nK` for k = 1..N with logs in DIR/nK.log, waits until each
 answers /health, and stops them all cleanly (SIGTERM, then SIGKILL after a grace period) on Ctrl-C or
 SIGTERM. A node that dies is reported, not restarted.
+
+With `--tls` the cluster is secure as one on several machines would be: a CA and node certificates in
+DIR/certs (made once, kept on restart), HTTPS and mutual TLS between nodes, and client tokens required, the
+first admin token in DIR/admin.token (its hash in the cluster file's `[security]`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import random
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -81,7 +86,7 @@ def cluster_document(nodes: int, base_port: int, settings: dict[str, Any], secre
 
 
 def write_cluster_file(data_dir: Path, nodes: int, base_port: int, settings_file: Path | None,
-                       hosts: list[str] | None = None) -> Path:
+                       hosts: list[str] | None = None, tls: bool = False) -> Path:
     if nodes < 1:
         raise ConfigError("--nodes must be at least 1")
     if not 1 <= base_port <= 65535 - nodes - RPC_PORT_OFFSET:
@@ -105,6 +110,8 @@ def write_cluster_file(data_dir: Path, nodes: int, base_port: int, settings_file
         if old_q is not None:
             settings.setdefault("cluster", {})["partitions"] = old_q
     doc = cluster_document(nodes, base_port, settings, secret, hosts)
+    if tls:
+        _secure(data_dir, doc, read_toml(path).get("security", {}) if path.exists() else {})
     tmp = path.with_suffix(".tmp")
     tmp.write_text(tomli_w.dumps(doc))
     os.replace(tmp, path)
@@ -112,17 +119,50 @@ def write_cluster_file(data_dir: Path, nodes: int, base_port: int, settings_file
     return path
 
 
-def _healthy(port: int) -> bool:
+def _secure(data_dir: Path, doc: dict[str, Any], old: dict[str, Any]) -> None:
+    """Certificates for every member (a CA first, once) and the bootstrap admin token; [security] on."""
+    from dynamostore.cli.security import new_bootstrap_token, write_secret
+    from dynamostore.security import certs
+
+    certs_dir = data_dir / "certs"
+    if not (certs_dir / "ca.crt").exists():
+        certs.create_ca(certs_dir, str(doc["cluster"].get("name", "dynamostore")))
+    for m in doc["cluster"]["members"]:
+        if not (certs_dir / f"{m['id']}.crt").exists():
+            host = m.get("http_host", "127.0.0.1")
+            certs.issue_node(certs_dir, m["id"], [host, m.get("rpc_host", host), "localhost"])
+    sha = old.get("bootstrap_token_sha256", "")
+    token_file = data_dir / "admin.token"
+    if not sha or not token_file.exists():
+        token, sha = new_bootstrap_token()
+        write_secret(token_file, token)
+    sec = doc.setdefault("security", {})
+    sec.update({"tls": True, "auth": True, "certs_dir": "certs", "bootstrap_token_sha256": sha})
+
+
+def _health_context(data_dir: Path) -> ssl.SSLContext | None:
+    ca = data_dir / "certs" / "ca.crt"
+    if not ca.exists() or not read_toml(data_dir / "cluster.toml").get("security", {}).get("tls"):
+        return None
+    from dynamostore.security.tls import client_context
+
+    return client_context(ca)
+
+
+def _healthy(port: int, ctx: ssl.SSLContext | None = None) -> bool:
+    scheme = "https" if ctx is not None else "http"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as r:
+        with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/health", timeout=0.5, context=ctx) as r:
             return bool(r.status == 200)
     except OSError:
         return False
 
 
-def run_cluster(nodes: int, data_dir: Path, base_port: int, settings_file: Path | None) -> int:
+def run_cluster(nodes: int, data_dir: Path, base_port: int, settings_file: Path | None, tls: bool = False) -> int:
     data_dir = data_dir.resolve()
-    path = write_cluster_file(data_dir, nodes, base_port, settings_file)
+    path = write_cluster_file(data_dir, nodes, base_port, settings_file, tls=tls)
+    ctx = _health_context(data_dir)
+    scheme = "https" if ctx is not None else "http"
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -147,13 +187,17 @@ def run_cluster(nodes: int, data_dir: Path, base_port: int, settings_file: Path 
             if procs[nid].poll() is not None:
                 print(f"  {nid} exited with code {procs[nid].returncode}; see {data_dir / (nid + '.log')}", flush=True)
                 pending.pop(nid)
-            elif _healthy(port):
-                print(f"  {nid}  http://127.0.0.1:{port}  (pid {procs[nid].pid}, log {data_dir / (nid + '.log')})",
+            elif _healthy(port, ctx):
+                print(f"  {nid}  {scheme}://127.0.0.1:{port}  (pid {procs[nid].pid}, log {data_dir / (nid + '.log')})",
                       flush=True)
                 pending.pop(nid)
         time.sleep(0.1)
     if pending and not stopping:
         print(f"dynamostore: nodes not healthy after 30 s: {', '.join(pending)}", flush=True)
+    if not stopping and ctx is not None:
+        print(f"dynamostore: TLS and tokens on: CA {data_dir / 'certs' / 'ca.crt'}, admin token in "
+              f"{data_dir / 'admin.token'}\n  curl --cacert {data_dir / 'certs' / 'ca.crt'} -H \"Authorization: Bearer "
+              f"$(cat {data_dir / 'admin.token'})\" https://127.0.0.1:{base_port}/status", flush=True)
     if not stopping:
         print("dynamostore: cluster running; Ctrl-C stops every node", flush=True)
     reported: set[str] = set()

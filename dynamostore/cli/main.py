@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from dynamostore.cli.security import add_client_options
+from dynamostore.cli.security import add_parsers as add_security_parsers
 from dynamostore.config import ConfigError
 
 DEFAULT_URL = os.environ.get("DYNAMOSTORE_URL", "http://127.0.0.1:8001")
@@ -20,17 +22,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data-dir", type=Path, required=True)
     c.add_argument("--base-port", type=int, default=8001)
     c.add_argument("--settings", type=Path, help="TOML settings applied to every node")
+    c.add_argument("--tls", action="store_true",
+                   help="HTTPS, mutual TLS between nodes and client tokens: certificates in DIR/certs, the admin "
+                        "token in DIR/admin.token")
     n = sub.add_parser("node", help="run one node of a cluster")
     n.add_argument("--config", type=Path, required=True, help="the cluster file (DIR/cluster.toml)")
     n.add_argument("--id", required=True, help="this node's id, e.g. n1")
     n.add_argument("--http-port", type=int, help="for a new node joining a running cluster: its HTTP port")
     n.add_argument("--rpc-port", type=int, help="for a new node joining a running cluster: its RPC port")
     n.add_argument("--host", default="127.0.0.1", help="for a new node: the address it listens on")
+    n.add_argument("--insecure", action="store_true",
+                   help="allow listening on a non-loopback address without TLS and client tokens")
     a = sub.add_parser("admin", help="membership: join, leave, remove, replace, plan, commit, clear, members")
     a.add_argument("op", choices=["members", "join", "leave", "remove", "replace", "plan", "commit", "clear"])
     a.add_argument("node", nargs="?", help="leave/remove: the node id; replace: the old node id")
     a.add_argument("--url", default=DEFAULT_URL, help="any member of the cluster")
     a.add_argument("--new", help="join/replace: the URL of the new node (it tells its id and addresses)")
+    add_client_options(a)
     kv = sub.add_parser("kv", help="client: get, put or delete a key")
     kv.add_argument("op", choices=["get", "put", "delete"])
     kv.add_argument("key")
@@ -46,9 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     kv.add_argument("--strict", action="store_true", help="count primary replicas only (no sloppy quorum)")
     kv.add_argument("--content-type", default="text/plain")
     kv.add_argument("-v", "--verbose", action="store_true")
+    add_client_options(kv)
     s = sub.add_parser("status", help="operator view of a node")
     s.add_argument("--url", default=DEFAULT_URL)
     s.add_argument("--json", action="store_true")
+    add_client_options(s)
+    add_security_parsers(sub, DEFAULT_URL)
     from dynamostore.native import add_parser as add_native_parser
 
     add_native_parser(sub)
@@ -57,11 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # --ca / --token-file reach every HTTP helper of this process through the environment they also read
+    for opt, env in (("ca", "DYNAMOSTORE_CA"), ("token_file", "DYNAMOSTORE_TOKEN_FILE")):
+        if getattr(args, opt, None):
+            os.environ[env] = str(getattr(args, opt))
     try:
         if args.cmd == "cluster":
             from dynamostore.cli.localcluster import run_cluster
 
-            return run_cluster(args.nodes, args.data_dir, args.base_port, args.settings)
+            return run_cluster(args.nodes, args.data_dir, args.base_port, args.settings, tls=args.tls)
+        if args.cmd in ("certs", "token"):
+            from dynamostore.cli import security
+
+            return security.run(args)
         if args.cmd == "node":
             from dynamostore.cli.node import run_node
 

@@ -16,6 +16,8 @@ def run_node(args: argparse.Namespace) -> int:
 
     node_id = args.id
     cfg = load_node_config(args.config, node_id, http_port=args.http_port, rpc_port=args.rpc_port, host=args.host)
+    if args.insecure:
+        cfg = cfg.model_copy(update={"insecure": True})
     logging.basicConfig(
         level=cfg.file.log_level,
         format=f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s",

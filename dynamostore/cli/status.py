@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.request
 from typing import Any
+
+from dynamostore.cli.http import Credentials, get_json
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        with urllib.request.urlopen(f"{args.url.rstrip('/')}/status", timeout=5) as r:
-            doc: dict[str, Any] = json.loads(r.read())
+        doc: dict[str, Any] = get_json(f"{args.url.rstrip('/')}/status", Credentials.from_args(args))
     except OSError as exc:
         print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1

@@ -26,6 +26,8 @@ from dynamostore.metrics import gauge
 from dynamostore.cluster.raft import NotLeaderError, RaftService, RaftServiceError
 from dynamostore.net.rpc import RpcError, RpcRemoteError
 from ring.membership import (
+    AddToken,
+    ApiToken,
     Bootstrap,
     Command,
     MemberInfo,
@@ -48,20 +50,23 @@ class MembershipError(Exception):
     """A membership request could not be carried out (no leader, timeout, refused)."""
 
 
-def founding_command(cf: ClusterSettings, voters: int) -> Bootstrap:
-    """The Bootstrap entry every founding member proposes: the members of the cluster file, all active."""
+def founding_command(cf: ClusterSettings, voters: int, token: ApiToken | None = None) -> Bootstrap:
+    """The Bootstrap entry every founding member proposes: the members of the cluster file, all active, and
+    the admin token the cluster file names (by its hash), if any."""
     members = tuple(MemberInfo(m.id, m.http_host, m.http_port, m.rpc_host, m.rpc_port) for m in cf.members)
     ids = sorted(m.id for m in members)
-    return Bootstrap(members, cf.partitions, cf.n_val, tuple(ids[: min(voters, len(ids))]))
+    return Bootstrap(members, cf.partitions, cf.n_val, tuple(ids[: min(voters, len(ids))]),
+                     (token,) if token is not None else ())
 
 
 class MembershipService:
     """`publish(state)` is called with every newly applied state that changes the ring, the members or the
-    transfers (the node applies it to its `ClusterState`)."""
+    transfers (the node applies it to its `ClusterState`). `bootstrap_token`: the admin token the cluster
+    file names, which the cluster starts with (or, bootstrapped before it had one, gets once from the leader)."""
 
     def __init__(self, settings: RaftSettings, *, node_id: str, cluster: ClusterSettings, founder: bool,
                  data_dir: Path, peers: Peers, methods: Methods, liveness: Liveness,
-                 publish: Callable[[MembershipState], None]) -> None:
+                 publish: Callable[[MembershipState], None], bootstrap_token: ApiToken | None = None) -> None:
         self.settings = settings
         self.node_id = node_id
         self.founder = founder
@@ -69,7 +74,8 @@ class MembershipService:
         self.methods = methods
         self.liveness = liveness
         self.on_state = publish
-        self.bootstrap = founding_command(cluster, settings.voters)
+        self.bootstrap_token = bootstrap_token
+        self.bootstrap = founding_command(cluster, settings.voters, bootstrap_token)
         self.applied = MembershipState()  # what the log has produced so far
         # what the node serves with: the founding state until the log catches up
         self.state = apply(MembershipState(), self.bootstrap)[0] if founder else MembershipState()
@@ -210,6 +216,12 @@ class MembershipService:
             try:
                 if not self.applied.initialized and self.founder:
                     await self.raft.propose(encode_command(self.bootstrap), timeout=5.0)
+                    continue
+                boot = self.bootstrap_token
+                if boot is not None and boot.id not in self.applied.tokens:
+                    # a cluster bootstrapped before it had tokens: the cluster file's admin token, once
+                    # (a revoked one stays in the state, so it is never added again)
+                    await self.raft.propose(encode_command(AddToken(boot)), timeout=5.0)
                     continue
                 successor = self._successor()
                 if successor is not None:
