@@ -445,6 +445,8 @@ def apply(state: MembershipState, cmd: Command) -> tuple[MembershipState, Result
     """Apply one committed command. Pure and deterministic; refusals leave the state unchanged."""
     if isinstance(cmd, Bootstrap):
         return _bootstrap(state, cmd)
+    if isinstance(cmd, (AddToken, RevokeToken)):
+        return _apply_token(state, cmd)  # tokens need no ring: a token made right at start-up is not refused
     if not state.initialized:
         return _refuse(state, "the cluster is not bootstrapped")
     if isinstance(cmd, (StageJoin, StageLeave, StageRemove, StageReplace)):
@@ -492,8 +494,6 @@ def apply(state: MembershipState, cmd: Command) -> tuple[MembershipState, Result
         )
         new = _settle(new)
         return new, Result(True, new.epoch)
-    if isinstance(cmd, (AddToken, RevokeToken)):
-        return _apply_token(state, cmd)
     return _refuse(state, f"unknown command {type(cmd).__name__}")
 
 
@@ -556,7 +556,8 @@ def _bootstrap(state: MembershipState, cmd: Bootstrap) -> tuple[MembershipState,
         ring=initial_ring(ids, cmd.num_partitions),
         n_val=cmd.n_val,
         voters=voters,
-        tokens={t.id: t for t in cmd.tokens},
+        # tokens committed before the bootstrap entry stay as they are (a revocation included)
+        tokens={**{t.id: t for t in cmd.tokens}, **state.tokens},
     )
     return new, Result(True, 1)
 

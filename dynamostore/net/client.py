@@ -259,9 +259,8 @@ class RpcClient:
         try:
             return await self._open_once(addr)
         except _OldServer:
-            # A version-1 server refused our range: offer what it speaks, and remember it until it says
-            # otherwise (it is upgraded: it accepts the bare 1 as well, and we offer ranges again after a
-            # restart of this process).
+            # A version-1 server refused our range: offer what it speaks, for as long as this connection
+            # lasts (see _lost).
             log.info("rpc: %s:%d speaks protocol version 1 only; reconnecting at version 1", *addr)
             self._legacy.add(addr)
             return await self._open_once(addr)
@@ -297,6 +296,10 @@ class RpcClient:
     def _lost(self, conn: _ClientConn) -> None:
         if self._conns.get(conn.addr) is conn:
             del self._conns[conn.addr]
+            if conn.version == 1:
+                # the peer may come back upgraded (that is how a rolling upgrade restarts it): offer the range
+                # again next time (an old node refuses it once more, and we fall back once more)
+                self._legacy.discard(conn.addr)
 
 
 _Slot = asyncio.Future[Any] | _Then  # how a pending call is answered

@@ -61,9 +61,13 @@ def test_refusals_leave_the_state_unchanged(cmd: object, reason: str) -> None:
     assert not r.ok and reason in r.reason and after == s
 
 
-def test_token_commands_need_a_bootstrapped_cluster() -> None:
-    s, r = apply(MembershipState(), AddToken(tok("t1")))
-    assert not r.ok and not s.tokens
+def test_tokens_committed_before_the_bootstrap_entry_survive_it() -> None:
+    """A token made right at start-up can reach the log before the leader's Bootstrap entry."""
+    s, r = apply(MembershipState(), AddToken(tok("early")))
+    assert r.ok and set(s.tokens) == {"early"} and not s.initialized
+    members = (MemberInfo("n1", "h", 1, "h", 2),)
+    s, r = apply(s, Bootstrap(members, 8, 1, (), (tok("bootstrap", ("admin",)),)))
+    assert r.ok and s.initialized and set(s.tokens) == {"early", "bootstrap"}
 
 
 def test_codecs_round_trip_tokens() -> None:

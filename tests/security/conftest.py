@@ -38,8 +38,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Every asyncio test here runs on both loops: nodes run on uvloop, whose TLS is its own implementation."""
+    """Every in-process asyncio test here runs on both loops: nodes run on uvloop, whose TLS is its own."""
     factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+    if item.get_closest_marker("cluster") is not None:
+        return factories  # the nodes are processes of their own (on uvloop): the test's loop does not matter
     try:
         import uvloop
     except ImportError:  # pragma: no cover - a dependency on Linux and macOS
