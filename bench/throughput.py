@@ -1,7 +1,7 @@
 """Throughput and tail latency of a local 3-node cluster under wrk, side by side with the etcd anchor.
 
     .venv/bin/python bench/throughput.py [--duration 10] [--connections 32] [--threads 2] [--no-etcd] [--spread]
-                                         [--rounds K]
+                                         [--rounds K] [--tls | --auth] [--compare-tls] [--console]
 
 Starts `dynamostore cluster --nodes 3` (N=3, R=W=2) in a temporary directory, preloads the 10,000 keys,
 then runs wrk with the same settings as ../shared/anchors (random 100-byte puts, random gets, 10k keys,
@@ -18,6 +18,11 @@ system vary by about 10%, so one pair of runs can move the ratio by as much.
 the console closed and open (the order alternates between rounds), "open" meaning a poller that asks node 1
 exactly what the page at /ui asks, at the page's rate (/status and /status/history?since=N every 2 s) during
 the whole run. It reports the medians of both and their ratio.
+--tls runs the cluster as `dynamostore cluster --tls` does: HTTPS to the client port, mutual TLS between the
+nodes, and every request carrying an API token (wrk sends it). --auth: tokens only, no TLS (the token check's
+own cost). --compare-tls runs dynamostore plain and with --tls, alternating, instead of against etcd. Every
+dynamostore run also reports the CPU the whole cluster spent per request (steadier than req/s on a shared
+machine).
 Needs wrk and etcd from Debian's packages (apt-get install -y wrk etcd-server etcd-client).
 """
 
@@ -28,6 +33,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import json
 import statistics
 import subprocess
@@ -66,7 +72,22 @@ def parse_wrk(out: str) -> dict[str, float]:
     return res
 
 
-def wrk(urls: list[str], script: Path, args: argparse.Namespace) -> dict[str, float]:
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (the node processes of a `dynamostore cluster`)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def wrk(urls: list[str], script: Path, args: argparse.Namespace, token: str | None = None,
+        pids: list[int] | None = None) -> dict[str, float]:
     """One wrk against urls[0] (-t threads, -c connections); with several urls (--spread), one wrk -t1 per url
     at the same time, the connections split between them. Throughput is the sum; p50 and p99 are the largest
     of the runs' own (an upper bound: no more than 1% of all requests can be slower than every run's p99)."""
@@ -77,7 +98,9 @@ def wrk(urls: list[str], script: Path, args: argparse.Namespace) -> dict[str, fl
         share = [args.connections // len(urls) + (i < args.connections % len(urls)) for i in range(len(urls))]
         cmds = [["wrk", "-t1", f"-c{c}", f"-d{args.duration}s", "--latency", "-s", str(script), u]
                 for u, c in zip(urls, share)]
-    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    env = {**os.environ, "DYNAMOSTORE_TOKEN": token} if token else None  # the wrk scripts send it
+    cpu0 = sum(cpu_seconds(p) for p in pids or [])
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for c in cmds]
     runs = []
     for p in procs:
         out, err = p.communicate()
@@ -88,21 +111,23 @@ def wrk(urls: list[str], script: Path, args: argparse.Namespace) -> dict[str, fl
         runs.append(parse_wrk(out))
     res = {k: sum(r[k] for r in runs) for k in ("rps", "non2xx", "sock_errors")}
     res.update({k: max(r[k] for r in runs) for k in ("p50", "p99")})
+    if pids:  # CPU the whole cluster spent per request: steadier than req/s on a shared machine
+        res["cpu_us"] = (sum(cpu_seconds(p) for p in pids) - cpu0) / max(1.0, res["rps"] * args.duration) * 1e6
     return res
 
 
-def wait_http(url: str, timeout: float = 30) -> None:
+def wait_http(url: str, timeout: float = 30, ctx: ssl.SSLContext | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1):
+            with urllib.request.urlopen(url, timeout=1, context=ctx):
                 return
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"{url} did not answer within {timeout}s")
 
 
-def preload(base: str) -> None:
+def preload(base: str, ctx: ssl.SSLContext | None = None, token: str | None = None) -> None:
     """Write each of the 10k keys once (so gets find values), 64 at a time."""
     import asyncio
 
@@ -110,7 +135,9 @@ def preload(base: str) -> None:
 
     async def go() -> None:
         sem = asyncio.Semaphore(64)
-        async with aiohttp.ClientSession() as s:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx if ctx else True),
+                                         headers=headers) as s:
             async def one(i: int) -> None:
                 async with sem, s.put(f"{base}/kv/key{i:08d}", data=b"v" * 100) as r:
                     assert r.status == 204, r.status
@@ -191,32 +218,51 @@ class ConsolePoller:
         self.thread.join(timeout=15)
 
 
-def bench_dynamostore(args: argparse.Namespace, console: bool = False) -> Results:
+def bench_dynamostore(args: argparse.Namespace, console: bool = False, tls: bool = False) -> Results:
     d = Path(tempfile.mkdtemp(prefix="ds-bench-"))
     port = args.base_port
     settings = d / "settings.toml"
-    settings.write_text("log_level = \"WARNING\"\n")
+    text = "log_level = \"WARNING\"\n"
+    token: str | None = None
+    if args.auth and not tls:  # tokens without TLS: a bootstrap token of our own
+        from dynamostore.cli.security import new_bootstrap_token
+
+        token, sha = new_bootstrap_token()
+        text += f"[security]\nauth = true\nbootstrap_token_sha256 = \"{sha}\"\n"
+    settings.write_text(text)
     proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/dynamostore"), "cluster", "--nodes", "3", "--data-dir", str(d / "data"),
-         "--base-port", str(port), "--settings", str(settings)],
+         "--base-port", str(port), "--settings", str(settings)] + (["--tls"] if tls else []),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
+        scheme, ctx = "http", None
+        if tls:
+            scheme = "https"
+            deadline = time.monotonic() + 30
+            while not (d / "data" / "admin.token").exists():  # written before the nodes start
+                if time.monotonic() > deadline:
+                    raise SystemExit("the cluster wrote no admin token")
+                time.sleep(0.05)
+            ctx = ssl.create_default_context(cafile=str(d / "data" / "certs" / "ca.crt"))
+            token = (d / "data" / "admin.token").read_text().strip()
         for k in range(3):
-            wait_http(f"http://127.0.0.1:{port + k}/health")
-        base = f"http://127.0.0.1:{port}"
-        urls = [f"http://127.0.0.1:{port + k}" for k in range(3 if args.spread else 1)]
+            wait_http(f"{scheme}://127.0.0.1:{port + k}/health", ctx=ctx)
+        pids = children(proc.pid)
+        base = f"{scheme}://127.0.0.1:{port}"
+        urls = [f"{scheme}://127.0.0.1:{port + k}" for k in range(3 if args.spread else 1)]
         time.sleep(1.0)  # let heartbeats settle so no request is routed around a node still starting
-        preload(base)
+        preload(base, ctx, token)
         # gets first, while every key holds one value (blind puts then add siblings, as they must)
         if not args.console:
-            return {"get": wrk(urls, HERE / "wrk/ds_get.lua", args), "put": wrk(urls, HERE / "wrk/ds_put.lua", args)}
+            return {"get": wrk(urls, HERE / "wrk/ds_get.lua", args, token, pids),
+                    "put": wrk(urls, HERE / "wrk/ds_put.lua", args, token, pids)}
         n1 = node_pid(d / "data", "n1")
         res = {}
         with ConsolePoller(base) if console else _Closed() as poller:
             for op in ("get", "put"):
                 cpu0 = cpu_seconds(n1)
-                res[op] = wrk(urls, HERE / f"wrk/ds_{op}.lua", args)
+                res[op] = wrk(urls, HERE / f"wrk/ds_{op}.lua", args, token, pids)
                 # node 1's CPU per request while wrk ran (its own requests, the forwarded ones, the console's)
                 res[op]["n1_cpu_ms"] = (cpu_seconds(n1) - cpu0) * 1000 / max(1.0, res[op]["rps"] * args.duration)
         if console:
@@ -251,14 +297,23 @@ def median_results(rounds: list[Results]) -> Results:
     return {op: {k: statistics.median(r[op][k] for r in rounds) for k in rounds[0][op]} for op in rounds[0]}
 
 
-def print_table(title: str, systems: list[tuple[str, Results]], ratios: bool = True) -> None:
+def print_table(title: str, systems: list[tuple[str, Results]], ratios: bool = True, against: str = "etcd") -> None:
     print(f"\n{title}")
-    print(f"{'system':<22}{'op':<5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(f"{'system':<24}{'op':<5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cluster CPU us/req':>20}")
     for name, res in systems:
         for op in ("put", "get"):
             r = res[op]
-            print(f"{name:<22}{op:<5}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['non2xx'] + r['sock_errors']:>8.0f}")
-    if len(systems) == 2 and ratios:
+            cpu = f"{r['cpu_us']:>20.0f}" if "cpu_us" in r else ""
+            print(f"{name:<24}{op:<5}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
+                  f"{r['non2xx'] + r['sock_errors']:>8.0f}{cpu}")
+    if len(systems) == 2 and ratios and against == "TLS":
+        (_, plain), (_, tls) = systems
+        for op in ("put", "get"):
+            cpu = (f", cluster CPU per request x{tls[op]['cpu_us'] / plain[op]['cpu_us']:.2f}"
+                   if "cpu_us" in tls[op] and plain[op].get("cpu_us") else "")
+            print(f"TLS+tokens {op}: throughput x{tls[op]['rps'] / plain[op]['rps']:.2f} of plain{cpu}, "
+                  f"p99 {tls[op]['p99']:.2f} ms vs {plain[op]['p99']:.2f} ms")
+    elif len(systems) == 2 and ratios:
         (_, ds), (_, etcd) = systems
         for op in ("put", "get"):
             print(f"ratio {op}: throughput x{ds[op]['rps'] / etcd[op]['rps']:.2f}, "
@@ -296,6 +351,25 @@ def console_cost(args: argparse.Namespace, title: str) -> int:
     return 0
 
 
+def compare_tls(args: argparse.Namespace, title: str) -> int:
+    """Plain and TLS (with tokens) alternating, each round a fresh cluster: the cost of TLS, side by side."""
+    plain: list[Results] = []
+    secure: list[Results] = []
+    for k in range(args.rounds):
+        plain.append(bench_dynamostore(args))
+        secure.append(bench_dynamostore(args, tls=True))
+        if args.rounds > 1:
+            print_table(f"round {k + 1} of {args.rounds}: {title}",
+                        [("dynamostore plain", plain[-1]), ("dynamostore TLS+tokens", secure[-1])], against="TLS")
+    if args.rounds > 1:
+        title = f"medians of {args.rounds} alternating rounds: {title}"
+    med = [("dynamostore plain", median_results(plain)), ("dynamostore TLS+tokens", median_results(secure))]
+    print_table(title, med, against="TLS")
+    if args.json:
+        args.json.write_text(json.dumps({"plain": plain, "tls": secure, "medians": dict(med)}, indent=2))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
@@ -310,6 +384,12 @@ def main() -> int:
                     help="run both systems this many times, alternating, and report the medians")
     ap.add_argument("--console", action="store_true",
                     help="console closed against open (a poller asking what the /ui page asks), no etcd")
+    ap.add_argument("--tls", action="store_true",
+                    help="HTTPS, mutual TLS between nodes and a token on every request (dynamostore cluster --tls)")
+    ap.add_argument("--auth", action="store_true", help="a token on every request, without TLS")
+    ap.add_argument("--compare-tls", action="store_true",
+                    help="dynamostore without and with --tls, alternating, instead of against etcd")
+    ap.add_argument("--json", type=Path, help="with --compare-tls: also write every round and the medians here")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     if args.rounds < 1:
@@ -322,10 +402,12 @@ def main() -> int:
     title = f"wrk -c{args.connections} -d{args.duration}s {where}, 100-byte values, 10k keys"
     if args.console:
         return console_cost(args, title)
+    if args.compare_tls:
+        return compare_tls(args, title)
     ds_rounds: list[Results] = []
     etcd_rounds: list[Results] = []
     for k in range(args.rounds):
-        ds_rounds.append(bench_dynamostore(args))
+        ds_rounds.append(bench_dynamostore(args, tls=args.tls))
         if not args.no_etcd:
             etcd_rounds.append(bench_etcd(args))
         if args.rounds > 1:

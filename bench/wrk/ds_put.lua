@@ -10,3 +10,6 @@ wrk.body = val
 request = function()
   return wrk.format(nil, keys[math.random(1, 10000)])
 end
+-- With tokens on (bench/throughput.py --tls or --auth) every request carries one.
+local token = os.getenv("DYNAMOSTORE_TOKEN")
+if token then wrk.headers["Authorization"] = "Bearer " .. token end

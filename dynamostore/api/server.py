@@ -567,6 +567,7 @@ class _Connection(asyncio.Protocol):
         self.last_active = self.loop.time()
         if self.continue_due:
             self.continue_due = False
+            self.body_since = self.last_active  # the body's time starts when it is invited
             self._write(_CONTINUE)
 
     # --- helpers ----------------------------------------------------------------------------------------
@@ -619,10 +620,11 @@ class _Connection(asyncio.Protocol):
         srv = self.server
         if self.transport is None or self.linger is not None:
             return
+        if self.write_paused and now - self.paused_since > srv.keepalive_timeout:
+            srv.timed_out += 1  # its answers sit in our buffers: a close would wait for them forever
+            self.abort()
+            return
         if self.task is not None or self.queue or self.discarding:  # busy answering, or closing anyway
-            if self.write_paused and now - self.paused_since > srv.keepalive_timeout:
-                srv.timed_out += 1
-                self.abort()
             return
         if not self.in_head:
             if now - self.body_since > srv.body_timeout:

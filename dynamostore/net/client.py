@@ -10,8 +10,8 @@ call retries.
 With TLS (`ssl`, security.tls.peer_client_context) the client presents its node certificate, accepts only
 peers whose certificate comes from the cluster CA and names the node id the peer claims (`identify`) and,
 when `expect(addr)` knows it, the node that address belongs to. The handshake offers a range of protocol
-versions; a version-1 server refuses ranges, so on that refusal the client reconnects offering version 1
-and remembers the address as such (net.wire).
+versions; a version-1 server refuses ranges, so on that refusal the client reconnects offering version 1,
+and offers the range again once that connection ends (the peer may come back upgraded; net.wire).
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ class Handler:
 
     async def __call__(self, req: Request) -> Response:
         self.seen.append((req.method, req.path, req.body))
+        if req.path == "/big":
+            return Response(b"x" * (16 << 20))
         return json_response({"ok": True})
 
 
@@ -125,6 +127,16 @@ async def test_idle_keep_alive_is_closed_but_a_client_inside_its_time_is_served(
     assert (await read_response(r))[0] == 200
     assert await at_eof(r, timeout=5)
     assert [p for _, p, _ in handler.seen] == ["/kv/a", "/kv/b"]
+    w.close()
+
+
+async def test_a_client_that_does_not_read_its_answers_is_cut(serve: Any) -> None:
+    s, _ = await serve(keepalive_timeout=0.5)
+    r, w = await connect(s)
+    w.write(get("/big"))  # 16 MiB it never reads: the answer waits in the server's buffers
+    await wait_until(lambda: any(c.write_paused for c in s.connections))
+    await wait_until(lambda: not s.connections, deadline=10)
+    assert s.timed_out == 1
     w.close()
 
 
