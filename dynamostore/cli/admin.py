@@ -44,7 +44,11 @@ def run(args: argparse.Namespace) -> int:
         body = {}
     method = "GET" if body is None else "POST"
     data = None if body is None else json.dumps(body).encode()
-    status, _, raw = _request(method, f"{base}/admin/{args.op}", data, {"Content-Type": "application/json"}, creds)
+    try:
+        status, _, raw = _request(method, f"{base}/admin/{args.op}", data, {"Content-Type": "application/json"}, creds)
+    except OSError as exc:
+        print(f"dynamostore admin: cannot reach {base}: {exc}", file=sys.stderr)
+        return 1
     try:
         doc = json.loads(raw)
     except ValueError:

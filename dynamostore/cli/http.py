@@ -7,6 +7,7 @@ DYNAMOSTORE_TOKEN (the token itself). The token is sent as `Authorization: Beare
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import ssl
@@ -19,6 +20,14 @@ from typing import Any
 
 class CredentialsError(OSError):
     """A token file or CA that cannot be read (an OSError: the commands report it like an unreachable node)."""
+
+
+class Refused(OSError):
+    """The node answered, with an error status (401, 403, ...): `str()` is the status and the node's reason."""
+
+    def __init__(self, url: str, status: int, reason: str) -> None:
+        super().__init__(f"{url} answered {status}: {reason}")
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,14 @@ def request(method: str, url: str, body: bytes | None, headers: dict[str, str],
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ssl.SSLCertVerificationError):
+            raise CredentialsError(f"{url}: the node's certificate is not trusted ({e.reason.verify_message}); give "
+                                   "the cluster's CA with --ca or DYNAMOSTORE_CA") from e
+        raise
+    except http.client.RemoteDisconnected as e:
+        hint = " (a node with TLS on needs https://)" if url.startswith("http://") else ""
+        raise OSError(f"{url}: the node closed the connection without answering{hint}") from e
 
 
 def get_json(url: str, creds: Credentials | None = None) -> dict[str, Any]:
@@ -71,6 +88,6 @@ def get_json(url: str, creds: Credentials | None = None) -> dict[str, Any]:
             reason = json.loads(raw).get("reason", "")
         except (ValueError, AttributeError):
             reason = raw[:200].decode(errors="replace")
-        raise urllib.error.URLError(f"{url} answered {status}: {reason}")
+        raise Refused(url, status, reason)
     doc: dict[str, Any] = json.loads(raw)
     return doc

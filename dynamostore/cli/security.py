@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dynamostore.cli.http import Credentials, request
+from dynamostore.cli.http import Credentials, CredentialsError, request
 from dynamostore.config import load_cluster_file
 from dynamostore.security import certs
 from dynamostore.security import tokens as tk
@@ -195,6 +195,8 @@ def _call(method: str, url: str, doc: dict[str, object] | None, creds: Credentia
     data = json.dumps(doc).encode() if doc is not None else None
     try:
         status, _, raw = request(method, url, data, {"Content-Type": "application/json"}, creds=creds)
+    except CredentialsError as exc:
+        raise tk.TokenError(str(exc)) from exc
     except OSError as exc:
         raise tk.TokenError(f"cannot reach {url}: {exc}") from exc
     try:

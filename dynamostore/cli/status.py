@@ -7,12 +7,15 @@ import json
 import sys
 from typing import Any
 
-from dynamostore.cli.http import Credentials, get_json
+from dynamostore.cli.http import Credentials, CredentialsError, Refused, get_json
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         doc: dict[str, Any] = get_json(f"{args.url.rstrip('/')}/status", Credentials.from_args(args))
+    except (Refused, CredentialsError) as exc:
+        print(f"dynamostore status: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
