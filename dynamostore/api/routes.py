@@ -21,7 +21,7 @@ from dynamostore.config import ListenerSettings
 from dynamostore.kv.coordinator import Unavailable
 from dynamostore.metrics import NodeMetrics
 from dynamostore.security.authz import Policy
-from dynamostore.security.tokens import Principal, authenticate, names_of
+from dynamostore.security.tokens import Principal, TokenChecker, names_of
 from ring.membership import ApiToken
 
 log = logging.getLogger(__name__)
@@ -137,12 +137,13 @@ def make_gate(policy: Policy, tokens: Callable[[], Mapping[str, ApiToken]],
               record: Callable[[Request, int, float], None]) -> Gate:
     """The server's gate: None lets a request through; a refusal is its answer (and is counted)."""
     required = policy.required
+    check = TokenChecker(tokens).check
 
     def gate(request: Request) -> Response | None:
         need = required(request.method, request.path, request.query_string)
         if need is None:
             return None
-        who = authenticate(tokens(), request.headers.get("authorization"), time.time())
+        who = check(request.headers.get("authorization"), time.time())
         if isinstance(who, Principal):
             if not need & ~who.mask:
                 return None

@@ -18,7 +18,7 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ring.membership import ApiToken
@@ -69,8 +69,13 @@ def parse_roles(roles: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
+_SHA256 = hashlib.sha256()  # copied per token: cheaper than constructing one (OpenSSL 3 fetches per construction)
+
+
 def digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+    h = _SHA256.copy()
+    h.update(token.encode("utf-8", "surrogateescape"))
+    return h.digest()
 
 
 def format_token(token_id: str, secret: bytes) -> str:
@@ -92,9 +97,8 @@ def make_token(token_id: str, secret: bytes, *, name: str, roles: Iterable[str],
 
 def token_id(token: str) -> str | None:
     """The id a token names (its second field), or None when it is not shaped like one of ours."""
-    prefix, _, rest = token.partition("_")
-    tid, sep, _ = rest.partition("_")  # ids hold no underscore; the base64url secret may
-    return tid if prefix == PREFIX and sep and tid else None
+    parts = token.split("_", 2)  # ids hold no underscore; the base64url secret may
+    return parts[1] if len(parts) == 3 and parts[0] == PREFIX and parts[1] else None
 
 
 def bootstrap_record(sha256_hex: str) -> ApiToken:
@@ -111,13 +115,15 @@ def bootstrap_record(sha256_hex: str) -> ApiToken:
 # --- checking requests ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class Principal:
-    """Who a request's token says it is."""
+    """Who a request's token says it is (a plain class: made once per token, see TokenChecker)."""
 
-    id: str
-    name: str
-    mask: int
+    __slots__ = ("id", "name", "mask")
+
+    def __init__(self, id: str, name: str, mask: int) -> None:
+        self.id = id
+        self.name = name
+        self.mask = mask
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +152,40 @@ def authenticate(tokens: Mapping[str, ApiToken], header: str | None, now: float)
     if rec.expires_at is not None and now >= rec.expires_at:
         return Refusal(f"token {rec.id} has expired")
     return Principal(rec.id, rec.name, mask_of(rec.roles))
+
+
+class TokenChecker:
+    """`authenticate` for a request path: the same answers, cheaper for a token seen before.
+
+    A token that passed is remembered (at most `max_entries`, with its record) so that the next request
+    carrying it costs a dict lookup and the expiry check, not a SHA-256 and a comparison; the memory is
+    dropped whenever the set of tokens changes (a new table: a token added or revoked), so a revocation is
+    seen at once. Only tokens that passed are remembered: a stream of invalid ones cannot grow it."""
+
+    __slots__ = ("_tokens", "_table", "_passed", "max_entries")
+
+    def __init__(self, tokens: Callable[[], Mapping[str, ApiToken]], max_entries: int = 4096) -> None:
+        self._tokens = tokens
+        self._table: Mapping[str, ApiToken] | None = None
+        self._passed: dict[str, tuple[ApiToken, Principal]] = {}
+        self.max_entries = max_entries
+
+    def check(self, header: str | None, now: float) -> Principal | Refusal:
+        table = self._tokens()
+        if table is not self._table:
+            self._table = table
+            self._passed = {}
+        if header is not None:
+            hit = self._passed.get(header)
+            if hit is not None:
+                rec, who = hit
+                if rec.expires_at is None or now < rec.expires_at:
+                    return who
+                del self._passed[header]
+        result = authenticate(table, header, now)
+        if header is not None and isinstance(result, Principal) and len(self._passed) < self.max_entries:
+            self._passed[header] = (table[result.id], result)
+        return result
 
 
 def describe(rec: ApiToken, now: float) -> dict[str, object]:

@@ -129,3 +129,21 @@ def test_status_and_metrics_access_is_configurable() -> None:
     assert p.required("GET", "/metrics", "") == tk.ADMIN
     with pytest.raises(ValueError):
         Policy(status_access="everyone")
+
+
+def test_the_checker_remembers_passed_tokens_but_sees_revocation_and_expiry_at_once() -> None:
+    token, rec = tk.make_token("t1", SECRET, name="", roles=["read"], created_at=NOW, expires_at=NOW + 60)
+    tables = [table(rec)]
+    checker = tk.TokenChecker(lambda: tables[-1], max_entries=2)
+    header = f"Bearer {token}"
+    assert isinstance(checker.check(header, NOW), tk.Principal)
+    assert isinstance(checker.check(header, NOW + 1), tk.Principal)  # remembered
+    who = checker.check(header, NOW + 60)
+    assert isinstance(who, tk.Refusal) and "expired" in who.reason  # expiry checked on every request
+    tables.append(table(ApiToken(rec.id, rec.name, rec.roles, rec.sha256, rec.created_at, None, NOW + 2)))
+    who = checker.check(header, NOW + 3)  # a new table (the revocation applied): forgotten at once
+    assert isinstance(who, tk.Refusal) and "revoked" in who.reason
+    for i in range(10):  # wrong tokens are never remembered, so they cannot grow the memory
+        assert isinstance(checker.check(f"Bearer dst_t1_{i}", NOW), tk.Refusal)
+    assert len(checker._passed) == 0
+    assert isinstance(checker.check(None, NOW), tk.Refusal)
