@@ -52,8 +52,9 @@ from dynamostore.services.history import HistoryService, Reading
 from dynamostore.services.transfer import TransferService
 from dynamostore.storage.store import Storage
 from dynamostore.views import Service
-from ring.membership import ApiToken, MemberInfo, MembershipState, pending_write_targets
+from ring.membership import MemberInfo, MembershipState, pending_write_targets
 from ring.placement import Ring, initial_ring
+from ring.tokens import ApiToken
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ Ownership of ring slot p affects more than the keys hashed to p: the owner of p 
 the keys of the partitions just before it (see ``covered_key_partitions``). ``pending_write_targets``
 tells the coordinator which new owners must receive writes for a key partition while a move is pending.
 
-The state also carries the cluster's client API tokens (``AddToken``/``RevokeToken``; only their hashes),
-so every node authenticates clients against the same set, changed in log order like everything else.
+The state also carries the cluster's client API tokens (``ring.tokens``: ``AddToken``/``RevokeToken``, hashes
+only), so every node authenticates clients against the same set, changed in log order like everything else.
 
 Commands are frozen dataclasses with a versioned msgpack encoding (``encode_command``/``decode_command``);
 ``encode_state``/``decode_state`` serialise the whole state for Raft snapshots.
@@ -25,7 +25,6 @@ Commands are frozen dataclasses with a versioned msgpack encoding (``encode_comm
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Union
@@ -33,9 +32,11 @@ from typing import Any, Union
 import msgpack
 
 from ring.placement import Ring, claim, initial_ring
+# the token commands are membership commands (AddToken, RevokeToken and ApiToken are importable from here too)
+from ring.tokens import AddToken, ApiToken, RevokeToken, apply_token, command_in, command_out, founding_tokens
+from ring.tokens import token_in, token_out
 
 FORMAT_VERSION = 1
-_TOKEN_ID = re.compile(r"[A-Za-z0-9-]{1,32}")
 
 
 class Status(str, enum.Enum):
@@ -63,21 +64,6 @@ class Transfer:
     partition: int
     source: str
     target: str
-
-
-@dataclass(frozen=True, slots=True)
-class ApiToken:
-    """A client API token as every node keeps it: its SHA-256, never the token itself (it is shown once, when
-    created). ``roles`` are role names (the node's access control gives them meaning); times are unix
-    seconds from the proposer's clock. A revoked token stays listed, with the time it was revoked."""
-
-    id: str
-    name: str
-    roles: tuple[str, ...]
-    sha256: bytes
-    created_at: int
-    expires_at: int | None = None
-    revoked_at: int | None = None
 
 
 # ---- commands ----------------------------------------------------------------------------------------------
@@ -142,21 +128,6 @@ class TransferDone:
     source: str
     target: str
     epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class AddToken:
-    """A new API token (its id must be new: ids of revoked tokens are not reused)."""
-
-    token: ApiToken
-
-
-@dataclass(frozen=True, slots=True)
-class RevokeToken:
-    """Revoke the token ``id`` as of ``at`` (unix seconds); it stays listed, refused from then on."""
-
-    id: str
-    at: int
 
 
 Change = Union[StageJoin, StageLeave, StageRemove, StageReplace]
@@ -445,8 +416,12 @@ def apply(state: MembershipState, cmd: Command) -> tuple[MembershipState, Result
     """Apply one committed command. Pure and deterministic; refusals leave the state unchanged."""
     if isinstance(cmd, Bootstrap):
         return _bootstrap(state, cmd)
-    if isinstance(cmd, (AddToken, RevokeToken)):
-        return _apply_token(state, cmd)  # tokens need no ring: a token made right at start-up is not refused
+    if isinstance(cmd, (AddToken, RevokeToken)):  # no ring needed: a token made at start-up is not refused
+        tokens = apply_token(state.tokens, cmd)
+        if isinstance(tokens, str):
+            return _refuse(state, tokens)
+        new = replace(state, tokens=tokens)  # not a new epoch: tokens are not placement
+        return new, Result(True, new.epoch)
     if not state.initialized:
         return _refuse(state, "the cluster is not bootstrapped")
     if isinstance(cmd, (StageJoin, StageLeave, StageRemove, StageReplace)):
@@ -497,39 +472,6 @@ def apply(state: MembershipState, cmd: Command) -> tuple[MembershipState, Result
     return _refuse(state, f"unknown command {type(cmd).__name__}")
 
 
-def _token_problem(t: ApiToken) -> str | None:
-    if not _TOKEN_ID.fullmatch(t.id):
-        return f"token id {t.id!r} is not 1-32 letters, digits or dashes"
-    if len(t.sha256) != 32:
-        return "a token's hash is 32 bytes (SHA-256)"
-    if not t.roles or len(set(t.roles)) != len(t.roles) or not all(_TOKEN_ID.fullmatch(r) for r in t.roles):
-        return "a token needs at least one role, each named once"
-    if t.expires_at is not None and t.expires_at <= t.created_at:
-        return "a token must expire after it was created"
-    return None
-
-
-def _apply_token(state: MembershipState, cmd: AddToken | RevokeToken) -> tuple[MembershipState, Result]:
-    """Tokens change without a new ring epoch: they are not part of placement."""
-    tokens = dict(state.tokens)
-    if isinstance(cmd, AddToken):
-        problem = _token_problem(cmd.token)
-        if problem is not None:
-            return _refuse(state, problem)
-        if cmd.token.id in tokens:
-            return _refuse(state, f"token id {cmd.token.id!r} already exists")
-        tokens[cmd.token.id] = cmd.token
-    else:
-        old = tokens.get(cmd.id)
-        if old is None:
-            return _refuse(state, f"no token with id {cmd.id!r}")
-        if old.revoked_at is not None:
-            return _refuse(state, f"token {cmd.id!r} is already revoked")
-        tokens[cmd.id] = replace(old, revoked_at=cmd.at)
-    new = replace(state, tokens=tokens)
-    return new, Result(True, new.epoch)
-
-
 def _bootstrap(state: MembershipState, cmd: Bootstrap) -> tuple[MembershipState, Result]:
     if state.initialized:
         return _refuse(state, "the cluster is already bootstrapped")
@@ -544,20 +486,16 @@ def _bootstrap(state: MembershipState, cmd: Bootstrap) -> tuple[MembershipState,
     if not set(voters) <= set(ids):
         return _refuse(state, "voters must be members")
     members = {m.id: replace(m, status=Status.ACTIVE) for m in cmd.members}
-    for t in cmd.tokens:
-        problem = _token_problem(t)
-        if problem is not None:
-            return _refuse(state, problem)
-    if len({t.id for t in cmd.tokens}) != len(cmd.tokens):
-        return _refuse(state, "bootstrap tokens need unique ids")
+    tokens = founding_tokens(state.tokens, cmd.tokens)
+    if isinstance(tokens, str):
+        return _refuse(state, tokens)
     new = MembershipState(
         epoch=1,
         members=members,
         ring=initial_ring(ids, cmd.num_partitions),
         n_val=cmd.n_val,
         voters=voters,
-        # tokens committed before the bootstrap entry stay as they are (a revocation included)
-        tokens={**{t.id: t for t in cmd.tokens}, **state.tokens},
+        tokens=tokens,
     )
     return new, Result(True, 1)
 
@@ -583,32 +521,14 @@ def _member_in(v: Any) -> MemberInfo:
     return MemberInfo(i, hh, hp, rh, rp, Status(st))
 
 
-def _token_out(t: ApiToken) -> list[Any]:
-    return [t.id, t.name, list(t.roles), t.sha256, t.created_at, t.expires_at, t.revoked_at]
-
-
-def _opt_int(v: Any) -> int | None:
-    return None if v is None else _int(v)
-
-
-def _token_in(v: Any) -> ApiToken:
-    i, name, roles, digest, created, expires, revoked = v
-    if not isinstance(digest, bytes) or not isinstance(roles, list):
-        raise CommandError("token fields have the wrong types")
-    return ApiToken(_str(i), _str(name), tuple(_str(r) for r in roles), digest, _int(created), _opt_int(expires),
-                    _opt_int(revoked))
-
-
 def _cmd_out(c: Command) -> list[Any]:
     if isinstance(c, Bootstrap):
         out = ["bootstrap", [_member_out(m) for m in c.members], c.num_partitions, c.n_val, list(c.voters)]
         if c.tokens:  # only then: a cluster without tokens keeps the encoding older nodes read
-            out.append([_token_out(t) for t in c.tokens])
+            out.append([token_out(t) for t in c.tokens])
         return out
-    if isinstance(c, AddToken):
-        return ["token_add", _token_out(c.token)]
-    if isinstance(c, RevokeToken):
-        return ["token_revoke", c.id, c.at]
+    if isinstance(c, (AddToken, RevokeToken)):
+        return command_out(c)
     if isinstance(c, StageJoin):
         return ["join", _member_out(c.member)]
     if isinstance(c, StageLeave):
@@ -640,12 +560,11 @@ def _cmd_in(v: list[Any]) -> Command:
     kind, args = v[0], v[1:]
     if kind == "bootstrap":
         ms, q, n, voters, *more = args
-        tokens = tuple(_token_in(t) for t in more[0]) if more else ()
+        tokens = tuple(token_in(t) for t in more[0]) if more else ()
         return Bootstrap(tuple(_member_in(m) for m in ms), _int(q), _int(n), tuple(_str(x) for x in voters), tokens)
-    if kind == "token_add":
-        return AddToken(_token_in(args[0]))
-    if kind == "token_revoke":
-        return RevokeToken(_str(args[0]), _int(args[1]))
+    token_cmd = command_in(kind, args)
+    if token_cmd is not None:
+        return token_cmd
     if kind == "join":
         return StageJoin(_member_in(args[0]))
     if kind == "leave":
@@ -715,7 +634,7 @@ def encode_state(s: MembershipState) -> bytes:
                 s.plan_epoch,
             ]
             # only when there are tokens: a cluster without them keeps the encoding older nodes read
-            + ([[_token_out(s.tokens[i]) for i in sorted(s.tokens)]] if s.tokens else [])
+            + ([[token_out(s.tokens[i]) for i in sorted(s.tokens)]] if s.tokens else [])
         )
     )
 
@@ -739,7 +658,7 @@ def decode_state(data: bytes) -> MembershipState:
             voters=tuple(_str(x) for x in voters),
             down=frozenset(_str(x) for x in down),
             plan_epoch=_int(plan_epoch),
-            tokens={t.id: t for t in (_token_in(x) for x in more[0])} if more else {},
+            tokens={t.id: t for t in (token_in(x) for x in more[0])} if more else {},
         )
     except CommandError:
         raise

@@ -22,7 +22,7 @@ from dynamostore.kv.coordinator import Unavailable
 from dynamostore.metrics import NodeMetrics
 from dynamostore.security.authz import Policy
 from dynamostore.security.tokens import Principal, TokenChecker, names_of
-from ring.membership import ApiToken
+from ring.tokens import ApiToken
 
 log = logging.getLogger(__name__)
 

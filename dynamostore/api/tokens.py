@@ -22,7 +22,8 @@ from dynamostore.api.server import Request, Response, json_response
 from dynamostore.cluster.membership import MembershipError
 from dynamostore.security import tokens as tk
 from dynamostore.views import Membership
-from ring.membership import AddToken, ApiToken, Command, RevokeToken
+from ring.membership import Command
+from ring.tokens import AddToken, ApiToken, RevokeToken
 
 MAX_TTL_S = 10 * 365 * 86400
 

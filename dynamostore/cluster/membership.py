@@ -26,8 +26,6 @@ from dynamostore.metrics import gauge
 from dynamostore.cluster.raft import NotLeaderError, RaftService, RaftServiceError
 from dynamostore.net.rpc import RpcError, RpcRemoteError
 from ring.membership import (
-    AddToken,
-    ApiToken,
     Bootstrap,
     Command,
     MemberInfo,
@@ -42,6 +40,7 @@ from ring.membership import (
 )
 from dynamostore.views import Liveness, Methods, Peers
 from ring.raft import ConfChange, ConfChangeType
+from ring.tokens import AddToken, ApiToken
 
 log = logging.getLogger(__name__)
 

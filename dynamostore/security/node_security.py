@@ -21,7 +21,7 @@ from dynamostore.security import tls
 from dynamostore.security.authz import Policy
 from dynamostore.security.tls import TlsError
 from dynamostore.security.tokens import TokenError, bootstrap_record
-from ring.membership import ApiToken
+from ring.tokens import ApiToken
 
 
 def is_loopback(host: str) -> bool:

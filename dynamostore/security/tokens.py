@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from ring.membership import ApiToken
+from ring.tokens import ApiToken
 
 PREFIX = "dst"
 BOOTSTRAP_ID = "bootstrap"  # the id of the admin token named (by its hash) in the cluster file

@@ -8,7 +8,7 @@ import pytest
 
 from dynamostore.security import tokens as tk
 from dynamostore.security.authz import Policy
-from ring.membership import ApiToken
+from ring.tokens import ApiToken
 
 NOW = 1_700_000_000
 SECRET = bytes(range(32))
