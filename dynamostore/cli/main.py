@@ -68,10 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # --ca / --token-file reach every HTTP helper of this process through the environment they also read
-    for opt, env in (("ca", "DYNAMOSTORE_CA"), ("token_file", "DYNAMOSTORE_TOKEN_FILE")):
-        if getattr(args, opt, None):
-            os.environ[env] = str(getattr(args, opt))
     try:
         if args.cmd == "cluster":
             from dynamostore.cli.localcluster import run_cluster

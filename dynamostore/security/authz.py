@@ -1,10 +1,12 @@
 """Which permission each HTTP route needs: pure, decided from the method, path and query string alone.
 
-`/health` is always open (load balancers and `dynamostore cluster` probe it); `/openapi.json` is open (it
-describes the API, it holds no data). `/status` and `/metrics` need the permission the operator configured
-(`[security] status_access`, `metrics_access`: "open", "read" or "admin"; default "read", so a Prometheus
-scraper gets a read token). Keys: GET and HEAD need read; PUT, POST and DELETE need write (and read as well
-when `returnbody` asks for the stored value back). `/admin/*` and `/debug/*` need admin, and so does any
+`/health` is always open (load balancers and `dynamostore cluster` probe it); `/openapi.json` and the console's
+files (`/ui`, `/ui/...`) are open (they hold no data: the console's page asks for a token and sends it with
+every request it makes). `/status`, `/status/history` and `/metrics` need the permission the operator
+configured (`[security] status_access`, `metrics_access`: "open", "read" or "admin"; default "read", so a
+Prometheus scraper gets a read token). Keys: GET and HEAD need read, and so does the key inspector
+(`/debug/kv/...`, which shows what a read would); PUT, POST and DELETE need write (and read as well when
+`returnbody` asks for the stored value back). `/admin/*` and the rest of `/debug/*` need admin, and so does any
 path not listed here: an endpoint added later is closed until someone decides otherwise.
 """
 
@@ -30,7 +32,9 @@ class Policy:
             "/health": None,
             "/openapi.json": None,
             "/status": ACCESS_LEVELS[status_access],
+            "/status/history": ACCESS_LEVELS[status_access],
             "/metrics": ACCESS_LEVELS[metrics_access],
+            "/ui": None,
         }
 
     def required(self, method: str, path: str, query_string: str) -> int | None:
@@ -40,4 +44,9 @@ class Policy:
             if query_string and "returnbody" in query_string:  # the answer carries the stored value
                 return WRITE | READ
             return WRITE
-        return self._exact.get(path, _UNLISTED)
+        need = self._exact.get(path, _UNLISTED)
+        if need is _UNLISTED and path.startswith("/ui/"):
+            return None
+        if need is _UNLISTED and path.startswith("/debug/kv/") and (method == "GET" or method == "HEAD"):
+            return READ
+        return need

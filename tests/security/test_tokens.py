@@ -116,6 +116,12 @@ def test_describe_never_shows_the_hash() -> None:
     ("POST", "/admin/remove", "", tk.ADMIN),
     ("GET", "/admin/tokens", "", tk.ADMIN),
     ("POST", "/debug/delay", "", tk.ADMIN),
+    ("GET", "/status/history", "since=3", tk.READ),
+    ("GET", "/ui", "", None),
+    ("GET", "/ui/app.js", "", None),
+    ("GET", "/debug/kv/k", "", tk.READ),
+    ("POST", "/debug/kv/k", "", tk.ADMIN),
+    ("GET", "/uix", "", tk.ADMIN),
     ("GET", "/kvx", "", tk.ADMIN),  # not a key route: an unlisted path is closed
     ("GET", "/something/new", "", tk.ADMIN),
 ])
@@ -125,7 +131,7 @@ def test_policy_table(method: str, path: str, query: str, need: int | None) -> N
 
 def test_status_and_metrics_access_is_configurable() -> None:
     p = Policy(status_access="open", metrics_access="admin")
-    assert p.required("GET", "/status", "") is None
+    assert p.required("GET", "/status", "") is None and p.required("GET", "/status/history", "") is None
     assert p.required("GET", "/metrics", "") == tk.ADMIN
     with pytest.raises(ValueError):
         Policy(status_access="everyone")
