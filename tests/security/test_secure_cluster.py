@@ -58,7 +58,10 @@ async def test_nothing_without_a_token_and_roles_are_enforced(make_cluster: Call
                          ("GET", "/admin/tokens")):
         status, doc = await call(c, "n2", method, path)
         assert status == 401 and doc["error"] == "unauthorized" and doc["reason"], (method, path, doc)
+    assert (await call(c, "n2", "GET", "/status/history"))[0] == 401
+    assert (await call(c, "n2", "GET", "/debug/kv/k"))[0] == 401
     assert (await call(c, "n2", "GET", "/health"))[0] == 200
+    assert (await call(c, "n2", "GET", "/ui"))[0] == 200  # the console's page: it asks for a token itself
 
     # a read token made through n1 is accepted by every node once they applied it
     status, made = await call(c, "n1", "POST", "/admin/tokens", c.admin_token, {"name": "reader", "roles": ["read"]})
@@ -67,6 +70,7 @@ async def test_nothing_without_a_token_and_roles_are_enforced(make_cluster: Call
     await wait_for(lambda: accepted_everywhere(c, reader, True), 10, "every node to accept the new token")
     status, _ = await call(c, "n3", "GET", "/kv/k", reader)
     assert status == 200
+    assert (await call(c, "n3", "GET", "/debug/kv/k", reader))[0] == 200
     for method, path in (("PUT", "/kv/k"), ("DELETE", "/kv/k"), ("POST", "/admin/remove"), ("GET", "/admin/tokens")):
         status, doc = await call(c, "n3", method, path, reader, {"id": "n2"} if method == "POST" else None)
         assert status == 403 and doc["error"] == "forbidden", (method, path, doc)
