@@ -86,3 +86,12 @@ def test_missing_or_wrong_certificates_are_clear_errors(tmp_path: Path, pki: Pki
 def test_a_bad_bootstrap_hash_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="bootstrap_token_sha256"):
         config(tmp_path, bootstrap_token_sha256="abc")
+
+
+def test_the_documented_three_host_example_loads_and_is_refused_without_its_certificates() -> None:
+    example = Path(__file__).resolve().parents[2] / "config" / "hosts-3.toml"
+    cfg = load_node_config(example, "n2")
+    assert cfg.me.http_host == "10.0.0.2" and cfg.file.security.tls and cfg.file.security.auth
+    assert cert_paths(cfg).cert == example.parent / "certs" / "n2.crt"
+    with pytest.raises(ConfigError, match="certificate or key not found"):
+        NodeSecurity(cfg)  # TLS on, and no certificates next to the example
