@@ -10,7 +10,8 @@ Use::
         node.advance(rd)
 
 Membership: single-server changes (``ConfChange``), one at a time, effective once appended to a node's log.
-Learners receive the log but never vote or count toward commit.
+Learners receive the log but never vote or count toward commit. Messages travel as ``wire.encode_message``
+bytes (``decode_message`` refuses anything else with a ``WireError``).
 """
 
 from .config import NotLeader, PersistentState, ProposalDropped, RaftConfig
@@ -36,8 +37,10 @@ from .messages import (
 )
 from .progress import Progress, ProgressState
 from .ready import ReadState, Ready, Role, SoftState
+from .wire import WIRE_VERSION, WireError, decode_message, encode_message
 
 __all__ = [
+    "WIRE_VERSION",
     "AppendEntries",
     "AppendResponse",
     "ConfChange",
@@ -67,4 +70,7 @@ __all__ = [
     "TimeoutNow",
     "VoteRequest",
     "VoteResponse",
+    "WireError",
+    "decode_message",
+    "encode_message",
 ]
