@@ -1,4 +1,5 @@
-"""Anti-entropy: Merkle trees per partition, the exchange protocol, read-repair planning, pacing.
+"""Anti-entropy: Merkle trees per partition, the exchange protocol, read-repair planning, scheduling,
+the tombstone reaping rule (pacing uses the shared ``ring.pacing.TokenBucket``).
 
 Everything here is pure (no asyncio, clock or sockets) and imports only ``ring``; the node's asyncio
 driver in ``dynamostore`` does the I/O.
@@ -21,7 +22,6 @@ from antientropy.scheduler import (
     ExchangeScheduler,
     ExchangeTask,
     SchedulerConfig,
-    TokenBucket,
 )
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "ReadReply",
     "SchedulerConfig",
     "SegmentCache",
-    "TokenBucket",
     "answer",
     "decode",
     "encode",

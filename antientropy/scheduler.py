@@ -18,18 +18,19 @@ Policy:
   find the same keys) and at most ``max_per_peer`` per peer.
 - A peer whose exchange failed or that was unavailable is backed off exponentially with jitter (per peer,
   since unavailability is a property of the node, not of one partition); a success resets it.
-- A token bucket of ``repair_rate`` keys/s (burst ``repair_burst``) paces repairs; while it is empty no new
-  exchange starts, since exchanges would only find more work than the node may do.
+- A token bucket (``ring.pacing``) of ``repair_rate`` keys/s (burst ``repair_burst``) paces repairs; while it
+  is empty no new exchange starts, since exchanges would only find more work than the node may do.
 - The most overdue pair goes first; ties by (partition, peer), so the schedule is deterministic.
 """
 
 from __future__ import annotations
 
 import enum
-import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from ring.pacing import TokenBucket
 
 
 # Float slack: a driver that wakes exactly at next_wakeup() must find the token it waited for.
@@ -83,38 +84,6 @@ class PairStatus:
     last_outcome: ExchangeOutcome | None
     last_keys_differing: int
     running: bool
-
-
-class TokenBucket:
-    """Classic token bucket; starts full. Pure: refills from the ``now`` it is given."""
-
-    def __init__(self, rate: float, capacity: float, now: float) -> None:
-        self.rate = rate
-        self.capacity = capacity
-        self._tokens = capacity
-        self._last = now
-
-    def _refill(self, now: float) -> None:
-        if now > self._last:
-            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-
-    def available(self, now: float) -> float:
-        self._refill(now)
-        return self._tokens
-
-    def take(self, n: int, now: float) -> int:
-        """Take up to ``n`` whole tokens; returns how many were granted."""
-        self._refill(now)
-        granted = max(0, min(n, math.floor(self._tokens + _EPS)))
-        self._tokens = max(0.0, self._tokens - granted)
-        return granted
-
-    def wait(self, n: float, now: float) -> float:
-        """Seconds until ``n`` tokens (capped at capacity) are available; 0 if they are now."""
-        self._refill(now)
-        missing = min(n, self.capacity) - self._tokens
-        return 0.0 if missing <= _EPS else missing / self.rate
 
 
 class _Pair:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Container
 from dataclasses import dataclass, field
 
-from handoff.transfer import Throttle
+from ring.pacing import TokenBucket
 
 
 # ---- the layout of the hint store ----------------------------------------------------------------------
@@ -55,10 +55,10 @@ class HandoffPlanner:
     backoff_max: float = 10.0
     targets: dict[str, TargetProgress] = field(default_factory=dict)
     in_flight: set[str] = field(default_factory=set)
-    bucket: Throttle = field(init=False)
+    bucket: TokenBucket = field(init=False)
 
     def __post_init__(self) -> None:
-        self.bucket = Throttle(self.rate_per_sec, max(self.rate_per_sec, float(self.batch_size)))
+        self.bucket = TokenBucket(self.rate_per_sec, max(self.rate_per_sec, float(self.batch_size)))
 
     def progress(self, target: str) -> TargetProgress:
         return self.targets.setdefault(target, TargetProgress())
@@ -86,8 +86,7 @@ class HandoffPlanner:
 
     def allowance(self, now: float) -> int:
         """How many hints the rate limit lets the next batch carry (0: wait)."""
-        self.bucket, granted = self.bucket.take(self.batch_size, now)
-        return granted
+        return self.bucket.take(self.batch_size, now)
 
     def delivered(self, target: str, n: int, now: float) -> None:
         p = self.progress(target)

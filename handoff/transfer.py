@@ -14,7 +14,8 @@ batch; a (re)starting sender asks the receiver for it and continues after ``last
 either side loses at most one unacknowledged batch, which is re-sent (writes are idempotent merges).
 A cursor from an older plan epoch is obsolete.
 
-Pacing: ``Throttle`` is an immutable token bucket (keys per second, time passed in) that sizes each batch.
+Pacing: the receiver sizes each batch with the shared token bucket (``ring.pacing.TokenBucket``, keys per
+second, time passed in) and ``BatchPolicy``.
 Completion: when every stream of a transfer is done the receiver proposes ``done_command(...)``; ownership
 moves only when that entry is applied.
 """
@@ -179,36 +180,6 @@ def still_pending(state: MembershipState, tp: TransferPlan) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class Throttle:
-    """Token bucket: ``rate`` keys per second (<= 0: unlimited), bursts up to ``burst``. Immutable."""
-
-    rate: float
-    burst: float
-    tokens: float = 0.0
-    last: float | None = None
-
-    def _refill(self, now: float) -> float:
-        if self.last is None:
-            return self.burst
-        return min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
-
-    def take(self, want: int, now: float) -> tuple[Throttle, int]:
-        """Grant up to ``want`` keys now; returns the new bucket and the grant (0: wait ``wait_time``)."""
-        if self.rate <= 0:
-            return self, want
-        tokens = self._refill(now)
-        granted = int(min(want, tokens))
-        return replace(self, tokens=tokens - granted, last=now), granted
-
-    def wait_time(self, want: int, now: float) -> float:
-        """Seconds until ``min(want, burst)`` keys can be granted."""
-        if self.rate <= 0:
-            return 0.0
-        need = min(float(want), self.burst) - self._refill(now)
-        return max(0.0, need / self.rate)
-
-
-@dataclass(frozen=True, slots=True)
 class BatchPolicy:
     max_keys: int = 500
     max_bytes: int = 4 << 20
@@ -222,8 +193,3 @@ class BatchPolicy:
                 return n
             total += size
         return min(len(sizes), self.max_keys)
-
-
-def next_batch(throttle: Throttle, policy: BatchPolicy, now: float) -> tuple[Throttle, int]:
-    """How many keys the sender may read for its next batch right now (0: sleep ``wait_time`` first)."""
-    return throttle.take(policy.max_keys, now)

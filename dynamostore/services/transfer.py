@@ -31,7 +31,6 @@ from dynamostore.views import Clock, Methods, Peers, Placement
 from handoff.transfer import (
     BatchPolicy,
     Cursor,
-    Throttle,
     TransferPlan,
     cursor_key,
     decode_cursor,
@@ -44,6 +43,7 @@ from handoff.transfer import (
     transfer_complete,
 )
 from ring.membership import Command, MembershipState, Result, Transfer
+from ring.pacing import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class TransferService:
         self.propose = propose
         self.clock = clock
         self.policy = BatchPolicy(max_keys=settings.batch_keys)
-        self.throttle = Throttle(float(settings.keys_per_sec), float(max(settings.keys_per_sec, settings.batch_keys)))
+        self.throttle = TokenBucket(settings.keys_per_sec, max(settings.keys_per_sec, settings.batch_keys))
         self.active: dict[Transfer, asyncio.Task[None]] = {}
         self.keys_received = 0
         # per transfer being received: its streams, how many are done, keys received (for /status and the console)
@@ -137,9 +137,9 @@ class TransferService:
             while not c.done:
                 if not still_pending(self.placement.state, tp):
                     return  # the plan moved on (the change completed elsewhere or was superseded)
-                self.throttle, grant = self.throttle.take(self.policy.max_keys, self.clock.now())
+                grant = self.throttle.take(self.policy.max_keys, self.clock.now())
                 if grant == 0:
-                    await self.clock.sleep(self.throttle.wait_time(self.policy.max_keys, self.clock.now()))
+                    await self.clock.sleep(self.throttle.wait(self.policy.max_keys, self.clock.now()))
                     continue
                 rows = await self.peers.call(stream.source, "transfer.fetch",
                                              [stream.key_partition, start_after(c), grant], FETCH_TIMEOUT)

@@ -11,7 +11,6 @@ from antientropy.scheduler import (
     ExchangeScheduler,
     ExchangeTask,
     SchedulerConfig,
-    TokenBucket,
 )
 
 OK, DOWN = ExchangeOutcome.OK, ExchangeOutcome.PEER_UNAVAILABLE
@@ -134,15 +133,6 @@ def test_repair_token_bucket_paces_repairs_and_exchanges() -> None:
     assert s.next_wakeup(0.0) == pytest.approx(0.1)
     assert s.grant_repairs(50, 5.0) == 50
     assert s.poll(5.1) is not None
-
-
-def test_token_bucket_refills_up_to_capacity() -> None:
-    b = TokenBucket(rate=2.0, capacity=10.0, now=0.0)
-    assert b.take(10, 0.0) == 10
-    assert b.take(1, 0.4) == 0
-    assert b.take(1, 0.5) == 1
-    assert b.available(1000.0) == 10.0
-    assert b.wait(50, 1000.0) == 0.0  # capped at capacity: a large batch waits for one full bucket
 
 
 def test_config_validation() -> None:

@@ -1,4 +1,4 @@
-"""Transfer planning (handoff/transfer.py): streams, cursors, throttle, completion."""
+"""Transfer planning (handoff/transfer.py): streams, cursors, batches, completion."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import pytest
 from handoff.transfer import (
     BatchPolicy,
     Cursor,
-    Throttle,
     cursor_key,
     decode_cursor,
     done_command,
@@ -15,7 +14,6 @@ from handoff.transfer import (
     gained_key_partitions,
     incoming,
     new_cursor,
-    next_batch,
     outgoing,
     plan_transfer,
     resume,
@@ -123,32 +121,9 @@ def test_completion_only_when_every_stream_is_done() -> None:
     assert not still_pending(s2, tp)
 
 
-def test_throttle_grants_at_rate_with_time_as_argument() -> None:
-    th = Throttle(rate=100.0, burst=50.0)
-    th, got = th.take(80, now=0.0)
-    assert got == 50  # the initial burst
-    th, got = th.take(80, now=0.0)
-    assert got == 0 and th.wait_time(10, now=0.0) == pytest.approx(0.1)
-    th, got = th.take(80, now=0.2)
-    assert got == 20
-    th, got = th.take(80, now=10.0)
-    assert got == 50  # refill is capped at the burst
-    total = 0
-    now = 10.0
-    for _ in range(100):  # 1 s of 10 ms steps grants ~rate keys
-        now += 0.01
-        th, got = th.take(1000, now)
-        total += got
-    assert 95 <= total <= 100
-    unlimited = Throttle(rate=0, burst=0)
-    assert unlimited.take(123, 0.0)[1] == 123 and unlimited.wait_time(5, 0.0) == 0.0
-
-
 def test_batch_policy_limits_keys_and_bytes() -> None:
     p = BatchPolicy(max_keys=4, max_bytes=100)
     assert p.cut([10] * 10) == 4
     assert p.cut([40, 40, 40]) == 2
     assert p.cut([500, 1]) == 1  # an oversized value still moves alone
     assert p.cut([]) == 0
-    th, n = next_batch(Throttle(rate=10.0, burst=3.0), p, 0.0)
-    assert n == 3
