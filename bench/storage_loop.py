@@ -1,7 +1,6 @@
 """Cost of a write through the Storage facade, as the node pays it: `await storage.update(...)` on one loop.
 
-    .venv/bin/python bench/storage_loop.py [--engine lmdb] [--seconds 5] [--concurrency 32] [--keys 10000]
-                                           [--thread-writer] [--max-batch N]
+    .venv/bin/python bench/storage_loop.py [--seconds 5] [--concurrency 32] [--keys 10000] [--max-batch N]
 
 On one uvloop event loop, a fresh store preloaded with --keys 200-byte values:
 
@@ -72,16 +71,13 @@ async def run(store: Storage, keys: list[bytes], label: str, seconds: float, con
 
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="storage-loop-") as tmp:
-        extra: dict[str, Any] = {"writes_on_loop": False} if args.thread_writer else {}   # options unknown at HEAD
-        if args.max_batch:
-            extra["max_batch"] = args.max_batch
-        store = await Storage.open(pathlib.Path(tmp) / "db", engine=args.engine, **extra)
+        extra: dict[str, Any] = {"max_batch": args.max_batch} if args.max_batch else {}
+        store = await Storage.open(pathlib.Path(tmp) / "db", **extra)
         rng = random.Random(0)
         keys = [data_key(rng.randrange(64), rng.randrange(1024), rng.randbytes(16)) for _ in range(args.keys)]
         for i in range(0, len(keys), 1000):
             await asyncio.gather(*(store.put("data", k, rng.randbytes(VALUE_SIZE)) for k in keys[i:i + 1000]))
-        driver = "loop" if getattr(store, "writes_on_loop", False) else "writer thread"
-        print(f"engine={store.engine_name} ({driver}) keys={args.keys} python={sys.version.split()[0]} loop=uvloop")
+        print(f"engine={store.engine_name} (group commit on the loop) keys={args.keys} python={sys.version.split()[0]} loop=uvloop")
         await run(store, keys, "concurrent", args.seconds, args.concurrency, False)
         await run(store, keys, "sequential", args.seconds, 1, False)
         await run(store, keys, "durable", args.seconds / 2, args.concurrency, True)
@@ -90,10 +86,8 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engine", default="lmdb", choices=["lmdb", "sqlite"])
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--keys", type=int, default=10_000)
     p.add_argument("--max-batch", type=int, default=0, help="Storage.open max_batch (default: the store's)")
-    p.add_argument("--thread-writer", action="store_true", help="force the writer thread (Storage writes_on_loop=False)")
     uvloop.run(main(p.parse_args()))

@@ -341,9 +341,7 @@ class Node:
                 raise TypeError("hint_for must be a node id")
         except (TypeError, ValueError) as exc:
             raise _bad(f"kv.get payload: {exc}") from exc
-        if self.replica.reads_on_loop:
-            return self.replica.read_now(ref, hint_for)
-        return self.replica.read(ref, hint_for)
+        return self.replica.read_now(ref, hint_for)
 
     def _rpc_put(self, payload: Any, peer: str) -> Any:
         try:

@@ -330,15 +330,13 @@ class _GetGather(_Gather):
     def ask(self, t: Target) -> None:
         if t.node != self.view.node_id:
             self.view.call_then(t.node, "kv.get", [self.ref.key, t.hint_for], self.timeout, self.track(t))
-        elif self.replica.reads_on_loop:
+        else:
             try:
                 raw = self.replica.read_now(self.ref, t.hint_for)
             except Exception as exc:  # noqa: BLE001 - reported to the tally like a replica error
                 self.answered(t, None, exc)
             else:
                 self.answered(t, raw, None)
-        else:
-            then_from(asyncio.ensure_future(self.replica.read(self.ref, t.hint_for)), self.track(t))
 
     def slow(self, target: Target) -> None:
         if self.reserve and not self.tally.satisfied():

@@ -1,6 +1,6 @@
 """The local replica: what one node does with its own copy of keys (the vnode of riak_kv, for all partitions).
 
-Every state change is a read-modify-write run inside the storage writer thread, so concurrent requests for
+Every state change is a read-modify-write run inside the storage's group commit, so concurrent requests for
 one key on one node serialise without locks on the event loop. Three kinds of change:
 
 - `coordinate`: a client write this node coordinates; it mints the write's dot.
@@ -145,13 +145,9 @@ class LocalReplica:
         raw = await self.storage.get("data" if hint_for is None else "hints", skey)
         return v.causal(raw) if raw is not None else None
 
-    @property
-    def reads_on_loop(self) -> bool:
-        """Whether `read_now` may be used: the engine's point reads are a few microseconds (LMDB)."""
-        return self.storage.reads_on_loop
-
     def read_now(self, ref: KeyRef, hint_for: str | None = None) -> bytes | None:
-        """`read` without a coroutine, when `reads_on_loop` (the read hot path of the coordinator and of kv.get)."""
+        """`read` without a coroutine (an LMDB point read is a few microseconds): the read hot path of the
+        coordinator and of kv.get."""
         skey = ref.skey if hint_for is None else hint_key(hint_for, ref.skey)
         raw = self.storage.get_nowait("data" if hint_for is None else "hints", skey)
         return v.causal(raw) if raw is not None else None

@@ -2,13 +2,12 @@
 helpers shared by the engines.
 
 An engine is a plain blocking key-value store with three namespaces. It knows nothing about asyncio:
-`Storage` calls `begin()`/`WriteTxn` from one thread only (its writer thread, or the event loop itself for
-engines whose commits take microseconds), `sync()` from any thread, and the read methods from a reader
-thread (or, for engines whose reads take a few microseconds, from the event loop itself). Keeping this
+`Storage` calls `begin()`/`WriteTxn` from the event loop only (it requires an engine whose commits take
+microseconds: `writes_on_loop`), `sync()` from any thread, point reads on the loop (`reads_on_loop`) and scans
+from a reader thread. (bench/engines/ holds an engine without those properties, measured at this level only.) Keeping this
 layer synchronous is also what lets `bench/storage_engines.py` measure the engines without the facade.
 
-`Committer` is the one place that turns a batch of read-modify-write ops into one transaction; both of the
-facade's drivers (writer thread, event loop) call it, so they cannot disagree about what a batch means.
+`Committer` is the one place that turns a batch of read-modify-write ops into one transaction.
 """
 
 from __future__ import annotations
@@ -111,7 +110,7 @@ class BatchOp(Protocol):
 class Committer:
     """Applies a batch of ops in ONE write transaction; keeps the write counters and the commit/sync sequence.
 
-    `apply` is called by one thread at a time (the facade's writer thread, or its event loop); `sync` and
+    `apply` is called by one thread at a time (the facade's event loop); `sync` and
     `unsynced` may be used from other threads (syncer, fsync) concurrently with commits.
     """
 

@@ -4,25 +4,22 @@ Layout and guarantees (details and measurements in docs/storage.md):
 
 * Three namespaces (`data`, `hints`, `meta`), isolated from each other. Data keys are
   `data_key(partition, segment, key)` so one partition, or one Merkle segment of it, is a contiguous range.
-* Writes are group-committed: every op queued while the previous batch was being committed goes into ONE
-  transaction (op order kept, `max_batch` ops at most). Two drivers share the batch logic (`storage_engine.Committer`):
-  - on the event loop, for engines whose commit is a few pwrite()s (LMDB, `writes_on_loop`): the first op
-    queued in a loop iteration schedules one flush with call_soon; the flush commits (no fsync) and resolves
-    the futures directly. No thread hop per write. Durable ops then wait for an fsync run in a thread (one
-    in flight; durable ops committed meanwhile share the next one). The loop never fsyncs.
-  - in ONE writer thread otherwise (SQLite): it commits, fsyncs once if any op of the batch asked for
-    `durable=True`, then resolves the batch's futures with one `loop.call_soon_threadsafe`.
+* Writes are group-committed on the event loop (`Committer`, storage/engine.py): the first op queued in a loop
+  iteration schedules one flush with call_soon; the flush commits every op queued meanwhile (op order kept,
+  `max_batch` ops at most) in ONE LMDB transaction without fsync (a few pwrite()s into the page cache) and
+  resolves the futures directly: no thread hop per write. Durable ops then wait for an fsync run in a thread
+  (one in flight; durable ops committed meanwhile share the next one). The loop never fsyncs.
   A commit is written to the page cache before any future is resolved, so an acknowledged write survives
   `kill -9`; a durable one (resolved after its fsync) also survives power loss. Everything committed is also
   fsynced every `sync_interval` seconds (by a syncer thread, so a big flush never stalls writes) and on close().
-* Point reads: the default engine (LMDB) answers in ~3 us from an MVCC snapshot that never waits on the
-  writer, so `get` runs on the loop; otherwise (SQLite) reads run in reader threads. Scans and counts always
-  run in reader threads, chunked by `limit` + `start_after`.
+* Point reads answer in ~3 us from an LMDB MVCC snapshot that never waits on the writer, so `get` runs on the
+  loop. Scans and counts run in reader threads, chunked by `limit` + `start_after`.
 * Ops on the same key are applied in call order (one FIFO queue, one committer). An op once queued is
   applied even if its caller is cancelled meanwhile: cancellation abandons the wait, not the write.
 
-`Storage.open` takes an exclusive flock on `DIR/LOCK` (one engine per directory, in this process or any
-other) and records the engine in `DIR/ENGINE`, so a directory is always reopened with the engine that wrote it.
+`Storage.open` takes an exclusive flock on `DIR/LOCK` (one store per directory, in this process or any other)
+and records the engine in `DIR/ENGINE`. LMDB is the one engine, chosen by measurement (docs/storage.md: the
+SQLite side of that comparison lives in bench/engines/, outside the package).
 """
 
 from __future__ import annotations
@@ -34,8 +31,6 @@ import functools
 import logging
 import os
 import pathlib
-import queue
-import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +42,6 @@ from .engine import (
     MAX_KEY_SIZE, NAMESPACES, Committer, Engine, Namespace, StorageError, batch_error,
 )
 from .lmdb_engine import LmdbEngine
-from .sqlite_engine import SqliteEngine
 
 __all__ = [
     "DEFAULT_ENGINE", "MAX_KEY_SIZE", "EngineName", "Namespace", "Storage", "StorageError",
@@ -55,17 +49,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EngineName = Literal["lmdb", "sqlite"]
+EngineName = Literal["lmdb"]
 DEFAULT_ENGINE: Final[EngineName] = "lmdb"   # chosen by measurement: docs/storage.md
 # Ops per commit on the loop. One flush holds the loop ~7 us per op at 10k keys, ~12 us at 200k; 64 ops cost no
 # throughput against 256 (bench/storage_loop.py --max-batch, docs/storage.md) and keep a flush under ~1 ms.
 LOOP_MAX_BATCH: Final = 64
-THREAD_MAX_BATCH: Final = 1024   # ops per commit in the writer thread
 
 T = TypeVar("T")
 UpdateFn = Callable[[bytes | None], tuple[bytes | None, T]]
 
-_ENGINE_ERRORS: Final = (lmdb.Error, sqlite3.Error, OSError)
+_ENGINE_ERRORS: Final = (lmdb.Error, OSError)
 
 
 # ------------------------------------------------------------------------------------- group commit
@@ -101,12 +94,6 @@ def _committed(ops: Sequence[_Op], outcomes: Sequence[tuple[bool, Any]]) -> None
                 log.exception("storage on_commit hook failed")
 
 
-def _hooks_then_settle(ops: Sequence[_Op], outcomes: list[tuple[bool, Any]]) -> None:
-    _committed(ops, outcomes)
-    _settle([(op.future, ok, v) for op, (ok, v) in zip(ops, outcomes)])
-_STOP: Final = object()
-
-
 def _settle(outcomes: list[_Outcome]) -> None:
     """Runs on the loop: hand each op its result (skipping callers that gave up waiting)."""
     for fut, ok, value in outcomes:
@@ -133,97 +120,8 @@ def _refused(broken: BaseException | None) -> StorageError:
     return StorageError("storage is closed" if broken is None else f"storage writer failed: {broken!r}")
 
 
-class _ThreadWriter:
-    """Group commit in ONE writer thread (engines whose commits may block, i.e. SQLite): it drains every
-    queued op into one transaction, fsyncs it if any op is durable, and resolves the batch's futures with
-    one call_soon_threadsafe."""
-
-    def __init__(self, committer: Committer, loop: asyncio.AbstractEventLoop, *, max_batch: int) -> None:
-        self.committer = committer
-        self.loop = loop
-        self.max_batch = max_batch
-        self.queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
-        # Guards the closed/broken decision against enqueueing, so no op can slip in after the final drain.
-        self.gate = threading.Lock()
-        self.accepting = True
-        self.broken: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name=f"storage-writer-{committer.engine.name}",
-                                       daemon=True)
-        self.thread.start()
-
-    def submit(self, op: _Op) -> None:
-        with self.gate:
-            if not self.accepting:
-                raise _refused(self.broken)
-            self.queue.put(op)
-
-    def stop(self) -> None:
-        with self.gate:
-            if self.accepting:
-                self.accepting = False
-                self.queue.put(_STOP)
-
-    async def finish(self) -> None:
-        """After stop(): wait until every queued op is applied and the final fsync is done."""
-        await asyncio.to_thread(self.thread.join)
-
-    def depth(self) -> tuple[int, int]:
-        return self.queue.qsize(), 0
-
-    def _run(self) -> None:
-        inflight: list[_Op] = []
-        try:
-            stop = False
-            while not stop:
-                first = self.queue.get()
-                stop = first is _STOP
-                inflight = [] if stop else [cast(_Op, first)]
-                while not stop and len(inflight) < self.max_batch:
-                    try:
-                        item = self.queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop = True
-                    else:
-                        inflight.append(cast(_Op, item))
-                if inflight:
-                    outcomes = self.committer.apply(inflight, fsync=any(op.durable for op in inflight))
-                    try:
-                        self.loop.call_soon_threadsafe(_hooks_then_settle, inflight, outcomes)
-                    except RuntimeError:    # the loop is closed: nobody is left waiting for these
-                        pass
-                inflight = []
-            _final_sync(self.committer)     # a clean close leaves everything on disk
-        except BaseException as exc:  # the writer must never die silently
-            log.exception("storage writer thread died")
-            with self.gate:
-                self.accepting = False
-                self.broken = exc
-            pending = inflight + self._drain()
-            self._resolve([(op.future, False, StorageError(f"storage writer failed: {exc!r}")) for op in pending])
-
-    def _drain(self) -> list[_Op]:
-        out: list[_Op] = []
-        while True:
-            try:
-                item = self.queue.get_nowait()
-            except queue.Empty:
-                return out
-            if item is not _STOP:
-                out.append(cast(_Op, item))
-
-    def _resolve(self, outcomes: list[_Outcome]) -> None:
-        if not outcomes:
-            return
-        try:
-            self.loop.call_soon_threadsafe(_settle, outcomes)
-        except RuntimeError:    # the loop is closed: nobody is left waiting for these
-            pass
-
-
 class _LoopWriter:
-    """Group commit driven by the event loop (engines with `writes_on_loop`, i.e. LMDB): no thread hop per write.
+    """Group commit driven by the event loop: no thread hop per write.
 
     The first op queued in a loop iteration schedules one `flush` with call_soon; when it runs, every op queued
     meanwhile is waiting, and up to `max_batch` of them commit in one transaction on the loop itself (LMDB with
@@ -371,15 +269,16 @@ def _check_key(skey: bytes) -> None:
 class Storage:
     """One node's durable key-value store. Create with `await Storage.open(path)`; bound to that loop."""
 
-    def __init__(self, engine: Engine, lock_fd: int, loop: asyncio.AbstractEventLoop, *, writes_on_loop: bool,
-                 max_batch: int, sync_interval: float | None, read_threads: int) -> None:
+    def __init__(self, engine: Engine, lock_fd: int, loop: asyncio.AbstractEventLoop, *, max_batch: int,
+                 sync_interval: float | None, read_threads: int) -> None:
+        if not (engine.writes_on_loop and engine.reads_on_loop):
+            # The facade commits and point-reads on the loop; an engine that may block there does not fit it.
+            raise ValueError(f"the {engine.name} engine cannot commit and read on the event loop")
         self._engine = engine
         self._lock_fd = lock_fd
         self._loop = loop
         self._committer = Committer(engine)
-        self._writer: _LoopWriter | _ThreadWriter = (
-            _LoopWriter(self._committer, loop, max_batch=max_batch) if writes_on_loop
-            else _ThreadWriter(self._committer, loop, max_batch=max_batch))
+        self._writer = _LoopWriter(self._committer, loop, max_batch=max_batch)
         self._syncer = _Syncer(self._committer, sync_interval) if sync_interval else None
         self._readers = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="storage-read")
         self._closed = False
@@ -388,41 +287,29 @@ class Storage:
     @classmethod
     async def open(cls, path: pathlib.Path, *, map_size: int = 64 << 30, engine: EngineName | None = None,
                    sync_interval: float | None = 1.0, max_batch: int | None = None, read_threads: int = 2,
-                   lmdb_writemap: bool = False, writes_on_loop: bool | None = None) -> Storage:
+                   lmdb_writemap: bool = False) -> Storage:
         """Open (creating if needed) the store in directory `path`.
 
-        `engine` defaults to whatever the directory was created with, else DEFAULT_ENGINE. `map_size` is LMDB's
+        `engine` is the one LMDB engine (a directory recorded with another one is refused). `map_size` is LMDB's
         virtual map (sparse; grows the file only as used). `sync_interval` seconds between background fsyncs
         of non-durable commits (None or 0: only durable writes and close() fsync). `max_batch` caps ops per
-        commit (default 64 on the loop, 1024 in the writer thread). `lmdb_writemap` trades safety for write
-        speed (docs/storage.md): a full disk then kills the process. `writes_on_loop`: None commits on the
-        loop when the engine allows it (LMDB), False forces the writer thread (for comparison).
+        commit (default LOOP_MAX_BATCH). `lmdb_writemap` trades safety for write speed (docs/storage.md): a
+        full disk then kills the process.
         """
         if (max_batch is not None and max_batch < 1) or read_threads < 1:
             raise ValueError("max_batch and read_threads must be >= 1")
         loop = asyncio.get_running_loop()
         eng, lock_fd = await asyncio.to_thread(_open_engine, pathlib.Path(path), engine, map_size, lmdb_writemap)
-        if writes_on_loop and not eng.writes_on_loop:
+        try:
+            return cls(eng, lock_fd, loop, max_batch=max_batch or LOOP_MAX_BATCH, sync_interval=sync_interval,
+                       read_threads=read_threads)
+        except BaseException:
             await asyncio.to_thread(_close_engine, eng, lock_fd)
-            raise ValueError(f"the {eng.name} engine cannot commit on the event loop")
-        on_loop = eng.writes_on_loop if writes_on_loop is None else writes_on_loop
-        batch = max_batch or (LOOP_MAX_BATCH if on_loop else THREAD_MAX_BATCH)
-        return cls(eng, lock_fd, loop, writes_on_loop=on_loop, max_batch=batch, sync_interval=sync_interval,
-                   read_threads=read_threads)
+            raise
 
     @property
     def engine_name(self) -> str:
         return self._engine.name
-
-    @property
-    def writes_on_loop(self) -> bool:
-        """True when writes commit on the event loop (update fns then run on the loop too)."""
-        return isinstance(self._writer, _LoopWriter)
-
-    @property
-    def reads_on_loop(self) -> bool:
-        """True when a point read is a few microseconds on the loop: get_nowait() is then allowed."""
-        return self._engine.reads_on_loop
 
     async def __aenter__(self) -> Storage:
         return self
@@ -438,8 +325,8 @@ class Storage:
 
         Use as `await storage.update(...)`. The op is queued by this call (so ops on one key apply in call
         order); the returned future resolves once it is committed (and fsynced if `durable`). Cancelling the
-        future abandons the wait, not the write. fn runs inside the batch transaction (on the loop when
-        `writes_on_loop`, else in the writer thread) and sees earlier ops of the same batch: it must be quick,
+        future abandons the wait, not the write. fn runs inside the batch transaction, on the loop, and sees
+        earlier ops of the same batch: it must be quick,
         must not block, and must not call Storage. Returning None as the value deletes the record. If fn
         raises, this op fails with that exception and nothing is written for it. Bad arguments raise here;
         after close() this raises StorageError.
@@ -470,9 +357,7 @@ class Storage:
     # -- reads
 
     def get_nowait(self, ns: Namespace, skey: bytes) -> bytes | None:
-        """Point read without a coroutine; only when `reads_on_loop` (else StorageError: use get())."""
-        if not self._engine.reads_on_loop:
-            raise StorageError(f"the {self._engine.name} engine does not read on the loop; use get()")
+        """Point read without a coroutine (a few microseconds: an LMDB read never waits on the writer)."""
         if ns not in NAMESPACES:
             _check_ns(ns)
         _check_key(skey)
@@ -483,12 +368,7 @@ class Storage:
             raise StorageError(f"get failed: {exc!r}") from exc
 
     async def get(self, ns: Namespace, skey: bytes) -> bytes | None:
-        if self._engine.reads_on_loop:
-            return self.get_nowait(ns, skey)
-        _check_ns(ns)
-        _check_key(skey)
-        self._check_open()
-        return await self._in_reader(self._engine.get, ns, skey)
+        return self.get_nowait(ns, skey)
 
     async def scan(self, ns: Namespace, prefix: bytes = b"", *, start_after: bytes | None = None,
                    limit: int = 1000) -> list[tuple[bytes, bytes]]:
@@ -579,8 +459,7 @@ def _open_engine(path: pathlib.Path, engine: EngineName | None, map_size: int,
             raise StorageError(f"{path} is already open by another Storage (in this or another process)") from None
         name = _engine_marker(path, engine)
         try:
-            eng: Engine = (LmdbEngine(path, map_size=map_size, writemap=writemap) if name == "lmdb"
-                           else SqliteEngine(path))
+            eng: Engine = LmdbEngine(path, map_size=map_size, writemap=writemap)
         except _ENGINE_ERRORS as exc:
             raise StorageError(f"cannot open {name} store in {path}: {exc!r}") from exc
     except BaseException:
@@ -594,7 +473,8 @@ def _engine_marker(path: pathlib.Path, wanted: EngineName | None) -> EngineName:
     if marker.exists():
         found = marker.read_text().strip()
         if found not in get_args(EngineName):
-            raise StorageError(f"{marker} names an unknown engine {found!r}")
+            raise StorageError(f"{path} holds a {found!r} store; this dynamostore stores data in "
+                               f"{' or '.join(get_args(EngineName))} only")
         if wanted is not None and wanted != found:
             raise StorageError(f"{path} holds a {found} store; cannot open it as {wanted}")
         return cast(EngineName, found)

@@ -1,4 +1,4 @@
-"""Tests for dynamostore.storage: the asyncio facade, group commit, both engines, durability across kill -9."""
+"""Tests for dynamostore.storage: the asyncio facade over LMDB, group commit, durability across kill -9."""
 
 from __future__ import annotations
 
@@ -19,52 +19,22 @@ from dynamostore.storage.keys import data_key, partition_prefix, segment_prefix,
 from dynamostore.storage.store import MAX_KEY_SIZE, Storage, StorageError
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-ENGINES = ["lmdb", "sqlite"]
 DEADLINE = 20.0   # seconds; generous upper bound for waits on conditions, never a sleep
 
 
-@pytest.fixture(params=ENGINES)
-async def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Storage]:
-    s = await Storage.open(tmp_path / "db", engine=request.param)
+@pytest.fixture
+async def store(tmp_path: pathlib.Path) -> AsyncIterator[Storage]:
+    s = await Storage.open(tmp_path / "db")
     yield s
     await s.close()
 
 
-class WriterGate:
-    """Holds the writer thread inside an op's fn so that the ops queued meanwhile form ONE batch."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def fn(self, current: bytes | None) -> tuple[bytes | None, None]:
-        self.entered.set()
-        self.release.wait(DEADLINE)
-        return current, None
-
-    async def hold(self, s: Storage) -> asyncio.Future[None]:
-        fut = s.update("meta", b"gate", self.fn)
-        assert await asyncio.to_thread(self.entered.wait, DEADLINE), "writer never picked up the gate op"
-        return fut
-
-
 @contextlib.asynccontextmanager
 async def writer_held(s: Storage) -> AsyncIterator[None]:
-    """No batch is applied inside the block, so the ops queued there form one batch after it.
-
-    Writer thread (SQLite): the thread is held inside a gate op. Loop driver (LMDB): nothing is committed until
-    the loop runs the flush, so the block must simply not yield before its ops are queued.
-    """
-    if s.writes_on_loop:
-        yield
-        return
-    gate = WriterGate()
-    held = await gate.hold(s)
-    try:
-        yield
-    finally:
-        gate.release.set()
-        await held
+    """No batch is applied inside the block, so the ops queued there form one batch after it: group commit runs
+    on the loop, and nothing is committed until the loop runs the flush, so the block must simply not yield
+    before its ops are queued."""
+    yield
 
 
 # ------------------------------------------------------------------------------------------ key helpers
@@ -292,9 +262,8 @@ def test_stats_has_the_metrics_fields(tmp_path: pathlib.Path) -> None:
 
 # ------------------------------------------------------------------------------- lifecycle and reopen
 
-@pytest.mark.parametrize("engine", ENGINES)
-async def test_close_finishes_queued_ops_and_rejects_new_ones(tmp_path: pathlib.Path, engine: str) -> None:
-    s = await Storage.open(tmp_path / "db", engine=engine)  # type: ignore[arg-type]
+async def test_close_finishes_queued_ops_and_rejects_new_ones(tmp_path: pathlib.Path) -> None:
+    s = await Storage.open(tmp_path / "db")
     async with writer_held(s):
         pending = [s.update("data", b"k%d" % i, lambda _c: (b"v", None)) for i in range(600)]
         closing = asyncio.ensure_future(s.close())
@@ -313,14 +282,13 @@ async def test_close_finishes_queued_ops_and_rejects_new_ones(tmp_path: pathlib.
         assert await again.get("data", b"late") is None
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-async def test_reopen_after_clean_close_keeps_data(tmp_path: pathlib.Path, engine: str) -> None:
-    async with await Storage.open(tmp_path / "db", engine=engine) as s:  # type: ignore[arg-type]
+async def test_reopen_after_clean_close_keeps_data(tmp_path: pathlib.Path) -> None:
+    async with await Storage.open(tmp_path / "db") as s:
         await asyncio.gather(*(s.put("data", data_key(i % 3, i % 5, b"%d" % i), b"v%d" % i) for i in range(500)))
         await s.put("hints", b"h", b"hint")
         await s.put("meta", b"m", b"meta")
-    async with await Storage.open(tmp_path / "db") as s:     # the engine is remembered
-        assert s.engine_name == engine
+    async with await Storage.open(tmp_path / "db") as s:
+        assert s.engine_name == "lmdb" and (tmp_path / "db" / "ENGINE").read_text() == "lmdb\n"
         assert await s.count("data") == 500
         assert await s.get("data", data_key(1, 1, b"1")) == b"v1"
         assert await s.get("hints", b"h") == b"hint"
@@ -328,13 +296,22 @@ async def test_reopen_after_clean_close_keeps_data(tmp_path: pathlib.Path, engin
 
 
 async def test_one_storage_per_directory(tmp_path: pathlib.Path) -> None:
-    async with await Storage.open(tmp_path / "db", engine="sqlite"):
+    async with await Storage.open(tmp_path / "db"):
         with pytest.raises(StorageError, match="already open"):
             await Storage.open(tmp_path / "db")
-    with pytest.raises(StorageError, match="sqlite store"):
-        await Storage.open(tmp_path / "db", engine="lmdb")
     async with await Storage.open(tmp_path / "db") as s:   # the lock was released by close()
-        assert s.engine_name == "sqlite"
+        assert s.engine_name == "lmdb"
+
+
+async def test_a_directory_recorded_with_another_engine_is_refused_and_left_alone(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "db"
+    path.mkdir()
+    (path / "ENGINE").write_text("sqlite\n")  # a store of the SQLite engine the package no longer ships
+    with pytest.raises(StorageError, match="holds a 'sqlite' store; .* lmdb only"):
+        await Storage.open(path)
+    assert sorted(p.name for p in path.iterdir()) == ["ENGINE", "LOCK"]
+    with pytest.raises(ValueError, match="unknown engine"):
+        await Storage.open(tmp_path / "other", engine="sqlite")  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- model-based property
@@ -394,7 +371,7 @@ asyncio.run(main(*sys.argv[1:4]))
 """
 
 
-@pytest.mark.parametrize(("engine", "mode"), [("lmdb", "default"), ("sqlite", "default"), ("lmdb", "writemap")])
+@pytest.mark.parametrize(("engine", "mode"), [("lmdb", "default"), ("lmdb", "writemap")])
 async def test_acked_writes_survive_kill_9(tmp_path: pathlib.Path, engine: str, mode: str) -> None:
     path = tmp_path / "db"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

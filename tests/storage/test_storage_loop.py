@@ -21,7 +21,6 @@ DEADLINE = 20.0   # seconds; upper bound for waits on conditions, never a sleep
 async def store(tmp_path: pathlib.Path) -> AsyncIterator[Storage]:
     # No background syncer: these tests count every engine fsync.
     s = await Storage.open(tmp_path / "db", engine="lmdb", sync_interval=None)
-    assert s.writes_on_loop and s.reads_on_loop
     yield s
     await s.close()
 
@@ -187,11 +186,16 @@ async def test_background_sync_on_the_loop_driver(tmp_path: pathlib.Path) -> Non
         async with asyncio.timeout(DEADLINE):
             while s.stats()["background_syncs"] < 1:
                 await asyncio.sleep(0.01)
-        # A durable write's own fsync covers its commit: the syncer then has nothing left to do.
+        # A durable write's own fsync covers its commit: once it returned, the syncer has nothing left to do.
+        # (It may have begun a sync of that commit just before the durable fsync ended, so one more is allowed,
+        # finishing within one period; after that, none.)
         synced = s.stats()["background_syncs"]
         await s.put("data", b"k", b"v2", durable=True)
         await asyncio.to_thread(threading.Event().wait, 0.1)
-        assert s.stats()["background_syncs"] == synced
+        settled = s.stats()["background_syncs"]
+        assert settled - synced <= 1
+        await asyncio.to_thread(threading.Event().wait, 0.1)
+        assert s.stats()["background_syncs"] == settled
 
 
 async def test_get_nowait(store: Storage, tmp_path: pathlib.Path) -> None:
@@ -200,24 +204,20 @@ async def test_get_nowait(store: Storage, tmp_path: pathlib.Path) -> None:
     assert store.get_nowait("data", b"k") == b"v"
     with pytest.raises(ValueError):
         store.get_nowait("nope", b"k")  # type: ignore[arg-type]
-    async with await Storage.open(tmp_path / "sql", engine="sqlite") as sq:
-        assert not sq.reads_on_loop and not sq.writes_on_loop
-        with pytest.raises(StorageError, match="use get"):
-            sq.get_nowait("data", b"k")
     await store.close()
     with pytest.raises(StorageError, match="closed"):
         store.get_nowait("data", b"k")
 
 
-async def test_choosing_the_write_driver(tmp_path: pathlib.Path) -> None:
-    async with await Storage.open(tmp_path / "t", engine="lmdb", writes_on_loop=False) as s:
-        assert not s.writes_on_loop and s.reads_on_loop
-        await asyncio.gather(*(s.update("data", b"log", append(i)) for i in range(50)))
-        assert await s.get("data", b"log") == ",".join(map(str, range(50))).encode()
-    with pytest.raises(ValueError, match="cannot commit on the event loop"):
-        await Storage.open(tmp_path / "q", engine="sqlite", writes_on_loop=True)
-    async with await Storage.open(tmp_path / "q") as s:     # the failed open released the directory
-        assert s.engine_name == "sqlite" and not s.writes_on_loop
+async def test_an_engine_that_cannot_commit_on_the_loop_is_refused(tmp_path: pathlib.Path) -> None:
+    """The facade commits and point-reads on the event loop: an engine whose commits may block (SQLite's wait on
+    the WAL) does not fit it, and is refused rather than run there."""
+    async with await Storage.open(tmp_path / "db") as s:
+        blocking = _Gated(s._engine, s._engine.sync)
+        blocking.writes_on_loop = False  # type: ignore[attr-defined]
+        with pytest.raises(ValueError, match="cannot commit and read on the event loop"):
+            Storage(blocking, -1, asyncio.get_running_loop(), max_batch=1, sync_interval=None,  # type: ignore[arg-type]
+                    read_threads=1)
 
 
 async def test_update_from_another_loop_is_refused(store: Storage) -> None:
@@ -231,13 +231,10 @@ async def test_update_from_another_loop_is_refused(store: Storage) -> None:
     assert store.stats()["queue_depth"] == 0
 
 
-@pytest.mark.parametrize("engine", ["lmdb", "sqlite"])
-async def test_on_commit_runs_after_the_commit_even_for_a_caller_that_gave_up(
-    tmp_path: pathlib.Path, engine: str
-) -> None:
+async def test_on_commit_runs_after_the_commit_even_for_a_caller_that_gave_up(tmp_path: pathlib.Path) -> None:
     """The Merkle trees follow the stored data through this hook: it must run for every committed op (before its
     future resolves, whether or not anyone still waits for it) and never for an op that failed."""
-    s = await Storage.open(tmp_path / "db", engine=engine, sync_interval=None)  # type: ignore[arg-type]
+    s = await Storage.open(tmp_path / "db", sync_interval=None)
     seen: list[tuple[str, object, bool]] = []
 
     def hook(name: str, fut_box: list[asyncio.Future[object]]) -> Callable[[object], None]:

@@ -1,13 +1,16 @@
-"""SQLite engine (WAL mode): one database file per data directory, one WITHOUT ROWID table per namespace.
+"""SQLite engine (WAL mode) for bench/storage_engines.py: one database file per directory, one WITHOUT ROWID
+table per namespace.
 
-Kept behind the same interface as the LMDB engine as the measured alternative (see docs/storage.md).
+The measured alternative to LMDB (docs/storage.md), behind the same synchronous `Engine` interface so the
+benchmark can compare the two. It is not part of the package: no node can select it, and the node's storage
+facade commits and reads on the event loop, which SQLite's commits (they may wait on the WAL) do not allow.
 `synchronous=NORMAL` in WAL mode: a commit is a write() into the WAL (page cache, so it survives `kill -9`),
 and an OS crash may lose the unsynced tail but never corrupts the database. A durable transaction switches the
 connection to `synchronous=FULL` for its commit, which fsyncs the WAL; SQLite only allows that switch outside a
 transaction, hence `begin(durable)`.
 
-Point reads go through a Python connection and cost tens of microseconds, so `reads_on_loop` is False: the
-facade runs them in its reader threads, each with its own connection.
+Point reads go through a Python connection and cost tens of microseconds, so `reads_on_loop` is False; each
+reading thread has its own connection.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sqlite3
 import threading
 from typing import Final
 
-from .engine import NAMESPACES, Namespace, disk_bytes, prefix_end, scan_start
+from dynamostore.storage.engine import NAMESPACES, Namespace, disk_bytes, prefix_end, scan_start
 
 DB_FILE: Final = "store.sqlite3"
 
