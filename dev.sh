@@ -11,7 +11,7 @@ setup() {
     "$PY" -m venv .venv
   fi
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[test,native]'
+  .venv/bin/python -m pip install --quiet -e '.[test,native,bench]'
   # Compile the hot-path modules with mypyc: once, and again only after one of them changed (a minute or
   # two). Where that fails (no C compiler), nodes run the same modules as Python.
   .venv/bin/dynamostore native build --optional

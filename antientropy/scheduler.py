@@ -21,6 +21,12 @@ Policy:
 - A token bucket (``ring.pacing``) of ``repair_rate`` keys/s (burst ``repair_burst``) paces repairs; while it
   is empty no new exchange starts, since exchanges would only find more work than the node may do.
 - The most overdue pair goes first; ties by (partition, peer), so the schedule is deterministic.
+
+The pairs are kept in due order (a ``SortedList`` of ``(due, partition, peer)``): a node replicating a few
+hundred partitions has a thousand pairs or so, nearly all of them not due for minutes, and the driver asks
+``poll`` and ``next_wakeup`` every time an exchange ends. In due order both stop at the first pair that cannot
+matter (``poll`` at the first not yet due, ``next_wakeup`` at the first due no earlier than the best start found)
+instead of looking at every pair.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import enum
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from sortedcontainers import SortedList
 
 from ring.pacing import TokenBucket
 
@@ -101,6 +109,7 @@ class ExchangeScheduler:
         self.config = config
         self._rng = rng
         self._pairs: dict[tuple[int, str], _Pair] = {}
+        self._due = SortedList()  # (pair.due, partition, peer) of every pair in _pairs
         self._intervals: dict[int, float] = {}
         self._running: dict[tuple[int, str], ExchangeTask] = {}
         self._peer_failures: dict[str, int] = {}
@@ -124,11 +133,13 @@ class ExchangeScheduler:
         wanted = {(p, peer) for p, ps in peers.items() for peer in ps}
         for key in list(self._pairs):
             if key not in wanted:
-                del self._pairs[key]
+                pair = self._pairs.pop(key)
+                self._due.remove((pair.due, *key))
         for key in sorted(wanted):
             if key not in self._pairs:
                 delay = self._rng.uniform(0, self._interval(key[0])) if self.config.spread_first else 0.0
                 self._pairs[key] = _Pair(now + delay)
+                self._due.add((now + delay, *key))
 
     def finished(
         self, task: ExchangeTask, now: float, outcome: ExchangeOutcome, keys_differing: int = 0
@@ -154,9 +165,9 @@ class ExchangeScheduler:
         pair.last_keys = keys_differing
         if outcome is ExchangeOutcome.OK:
             j = self.config.jitter
-            pair.due = now + self._interval(task.partition) * self._rng.uniform(1 - j, 1 + j)
+            self._reschedule(key, pair, now + self._interval(task.partition) * self._rng.uniform(1 - j, 1 + j))
         else:
-            pair.due = now + self.config.retry_delay
+            self._reschedule(key, pair, now + self.config.retry_delay)
 
     def answered(self, partition: int, peer: str, now: float) -> None:
         """`peer` started an exchange of `partition` with us: our own comparison of the pair can wait one
@@ -166,7 +177,7 @@ class ExchangeScheduler:
         if pair is None or key in self._running:
             return
         j = self.config.jitter
-        pair.due = max(pair.due, now + self._interval(partition) * self._rng.uniform(1 - j, 1 + j))
+        self._reschedule(key, pair, max(pair.due, now + self._interval(partition) * self._rng.uniform(1 - j, 1 + j)))
 
     # -- decisions ----------------------------------------------------------------------------------
 
@@ -174,9 +185,16 @@ class ExchangeScheduler:
         """The exchange to start now, marked running; None if nothing is due or allowed."""
         if len(self._running) >= self.config.max_concurrent or self._bucket.available(now) < 1 - _EPS:
             return None
+        busy, loaded = self._blocked()
+        backoff = self._peer_backoff_until
         best: tuple[float, int, str] | None = None
-        for (p, peer), start in self._candidates():
-            if start is not None and start <= now and (best is None or (start, p, peer) < best):
+        for due, p, peer in self._due:
+            if due > now:
+                break  # neither this pair nor any after it can start yet
+            if p in busy or peer in loaded:
+                continue
+            start = max(due, backoff.get(peer, due))
+            if start <= now and (best is None or (start, p, peer) < best):
                 best = (start, p, peer)
         if best is None:
             return None
@@ -189,10 +207,20 @@ class ExchangeScheduler:
         or the partitions change."""
         if len(self._running) >= self.config.max_concurrent:
             return None
-        starts = [start for _, start in self._candidates()]
-        if not starts:
+        busy, loaded = self._blocked()
+        backoff = self._peer_backoff_until
+        first: float | None = None
+        for due, p, peer in self._due:
+            if first is not None and due >= first:
+                break  # a pair starts no earlier than it is due
+            if p in busy or peer in loaded:
+                continue
+            start = max(due, backoff.get(peer, due))
+            if first is None or start < first:
+                first = start
+        if first is None:
             return None
-        return max(min(starts), now + self._bucket.wait(1, now))
+        return max(first, now + self._bucket.wait(1, now))
 
     def grant_repairs(self, n: int, now: float) -> int:
         """How many of ``n`` keys may be repaired now (consumes that many tokens)."""
@@ -222,15 +250,15 @@ class ExchangeScheduler:
     def _interval(self, partition: int) -> float:
         return self._intervals.get(partition, self.config.interval)
 
-    def _candidates(self) -> list[tuple[tuple[int, str], float]]:
-        """Pairs not blocked by a running exchange, with the earliest time each could start."""
-        busy_partitions = {t.partition for t in self._running.values()}
+    def _reschedule(self, key: tuple[int, str], pair: _Pair, due: float) -> None:
+        self._due.remove((pair.due, *key))
+        pair.due = due
+        self._due.add((due, *key))
+
+    def _blocked(self) -> tuple[set[int], set[str]]:
+        """Partitions with an exchange running (one at a time per partition) and peers at their limit."""
+        busy = {t.partition for t in self._running.values()}
         peer_load: dict[str, int] = {}
         for t in self._running.values():
             peer_load[t.peer] = peer_load.get(t.peer, 0) + 1
-        out = []
-        for (p, peer), pair in self._pairs.items():
-            if p in busy_partitions or peer_load.get(peer, 0) >= self.config.max_per_peer:
-                continue
-            out.append(((p, peer), max(pair.due, self._peer_backoff_until.get(peer, pair.due))))
-        return out
+        return busy, {peer for peer, n in peer_load.items() if n >= self.config.max_per_peer}

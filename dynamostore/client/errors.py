@@ -14,10 +14,27 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from dynamostore.client.objects import Object, Sibling
+
+# What a Conflict carries, described here rather than imported: `client.objects` raises these errors, so this
+# module does not import it back (no import cycle, not even a TYPE_CHECKING one). `objects.Sibling` and
+# `objects.Object` are what a Conflict actually holds.
+
+class SiblingValue(Protocol):
+    @property
+    def value(self) -> bytes: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+
+class ReadState(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def context(self) -> str | None: ...
 
 
 class ClientError(Exception):
@@ -57,7 +74,7 @@ class Conflict(ClientError):
     `siblings` are the values in conflict (empty for the server's 409); `object` the state they came from,
     when there is one (its context covers every sibling: writing a resolution with it replaces them all)."""
 
-    def __init__(self, message: str, siblings: Sequence[Sibling] = (), obj: Object | None = None) -> None:
+    def __init__(self, message: str, siblings: Sequence[SiblingValue] = (), obj: ReadState | None = None) -> None:
         super().__init__(message)
         self.siblings = tuple(siblings)
         self.object = obj

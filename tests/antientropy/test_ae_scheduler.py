@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from antientropy.scheduler import (
     ExchangeOutcome,
@@ -154,3 +156,59 @@ def test_an_exchange_the_peer_started_counts_for_the_pair() -> None:
     assert s.next_wakeup(40.0) is None
     s.answered(3, "b", 40.0)  # a pair we do not have: nothing to do
     assert [p.next_due for p in s.status()] == [pytest.approx(130.0), pytest.approx(0.0)]
+
+
+def _expected(s: ExchangeScheduler, now: float) -> tuple[tuple[float, int, str] | None, float | None]:
+    """What poll and next_wakeup must answer, worked out from the public view of every pair (a full pass over
+    them, which the due-ordered queue of the scheduler avoids). The repair bucket is never drawn from here."""
+    pairs = s.status()
+    running = [p for p in pairs if p.running]
+    if len(running) >= s.config.max_concurrent:
+        return None, None
+    busy = {p.partition for p in running}
+    load: dict[str, int] = {}
+    for p in running:
+        load[p.peer] = load.get(p.peer, 0) + 1
+    starts = []
+    for p in pairs:
+        if p.partition in busy or load.get(p.peer, 0) >= s.config.max_per_peer:
+            continue
+        backoff = s.peer_backoff_until(p.peer)
+        starts.append((max(p.next_due, p.next_due if backoff is None else backoff), p.partition, p.peer))
+    due = [st for st in starts if st[0] <= now]
+    return (min(due) if due else None), (max(min(starts)[0], now) if starts else None)  # a full bucket: no wait
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["ring", "poll", "ok", "fail", "answered", "wait"]),
+                          st.integers(0, 7), st.sampled_from(["b", "c", "d"]), st.floats(0, 40)),
+                max_size=60),
+       st.integers(1, 4), st.integers(1, 2))
+def test_the_due_queue_answers_like_a_full_pass_over_every_pair(
+    steps: list[tuple[str, int, str, float]], max_concurrent: int, max_per_peer: int
+) -> None:
+    s = ExchangeScheduler(SchedulerConfig(interval=30.0, max_concurrent=max_concurrent, max_per_peer=max_per_peer,
+                                          jitter=0.2, retry_delay=3.0, backoff_initial=2.0, repair_rate=1e9,
+                                          repair_burst=1e9),
+                          random.Random(1), 0.0)
+    now = 0.0
+    running: list[ExchangeTask] = []
+    for op, partition, peer, x in steps:
+        if op == "ring":
+            s.set_partitions({p: [q for q in "bcd" if (p + ord(q)) % (partition + 2)] for p in range(partition + 1)},
+                             now)
+        elif op in ("ok", "fail") and running:
+            task = running.pop(partition % len(running))
+            s.finished(task, now, OK if op == "ok" else DOWN, 1)
+        elif op == "answered":
+            s.answered(partition, peer, now)
+        elif op == "wait":
+            now += x
+        want_task, want_wake = _expected(s, now)
+        assert s.next_wakeup(now) == want_wake
+        if op == "poll":
+            task = s.poll(now)
+            assert (task and (task.started_at, task.partition, task.peer)) == (
+                want_task and (now, want_task[1], want_task[2])), (task, want_task)
+            if task is not None:
+                running.append(task)

@@ -89,6 +89,7 @@ def test_cli_quick_flags_map_to_the_config(tmp_path: Path) -> None:
 @pytest.mark.cluster
 def test_tiny_bench_end_to_end(tmp_path: Path) -> None:
     """A real 3-node cluster, every phase in miniature: the JSON's shape, and its sanity."""
+    pytest.importorskip("matplotlib", reason="the plots need the bench extra: pip install -e '.[bench]'")
     from bench.rw.suite import BenchConfig, run_suite
 
     cfg = BenchConfig.quick_mode(
