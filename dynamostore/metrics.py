@@ -2,7 +2,8 @@
 
 The per-request series (requests, their latency, replica calls) are plain ints and floats updated on the event
 loop and handed to prometheus_client at scrape time: a prometheus_client child costs a lock and, for a
-histogram, a bucket search in interpreted code on every request. Everything else uses its metric types.
+histogram, a bucket search in interpreted code on every request. So are counters kept by their owners (`counter`:
+the coordinator's read repairs), read at scrape time like the gauges. Everything else uses its metric types.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 
 
 class _Callback(Collector):
-    """Gauges read at scrape time from the node's live state."""
+    """Gauges (and counters kept as plain numbers) read at scrape time from the node's live state."""
 
     def __init__(self, read: Callable[[], Iterable[Metric]]) -> None:
         self.read = read
@@ -96,9 +97,6 @@ class NodeMetrics:
         self.calls = CallStats()
         self.registry.register(self.requests)
         self.registry.register(self.calls)
-        self.read_repairs = Counter(
-            "dynamostore_read_repairs_total", "Replicas repaired after a read", registry=self.registry
-        )
         self.hints_delivered = Counter(
             "dynamostore_hints_delivered_total", "Hinted writes handed off to their primary",
             ["target"], registry=self.registry,
@@ -116,11 +114,17 @@ class NodeMetrics:
             ["direction"], registry=self.registry,
         )
 
-    def add_gauges(self, read: Callable[[], Iterable[Metric]]) -> None:
+    def add_scraped(self, read: Callable[[], Iterable[Metric]]) -> None:
         self.registry.register(_Callback(read))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    """A counter its owner keeps as a plain number (the coordinator's read repairs: counted on the request path,
+    where a prometheus_client child would cost a lock), read at scrape time; `name` without `_total`."""
+    return CounterMetricFamily(name, doc, value=value)
 
 
 def gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:

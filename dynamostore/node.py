@@ -41,7 +41,7 @@ from dynamostore.kv.context import ContextCodec
 from dynamostore.kv.coordinator import Coordinator, ForwardError, Unavailable, WriteOptions
 from dynamostore.kv.inspect import NodeRecords
 from dynamostore.kv.replica import LocalReplica, SiblingLimitError
-from dynamostore.metrics import NodeMetrics, gauge
+from dynamostore.metrics import NodeMetrics, counter, gauge
 from dynamostore.net.rpc import RpcClient, RpcRemoteError, RpcRouter, RpcServer, RpcUnavailable
 from dynamostore.outcome import Then
 from dynamostore.runtime import LoopClock, Supervisor
@@ -238,7 +238,7 @@ class Node:
                                     **self.security.rpc_server_options())
         await self.rpc_server.start()
         self.heartbeater.start()
-        self.metrics.add_gauges(self._gauges)
+        self.metrics.add_scraped(self._scraped)
         limits = f.limits
         kv = KvApi(self.coordinator, ContextCodec(cfg.secret), f.quorum, limits, self.n_val)
         ops = OpsApi(self.node_id, self.status, self.metrics,
@@ -442,7 +442,9 @@ class Node:
             out.update(s.status())
         return out
 
-    def _gauges(self) -> Iterable[Metric]:
+    def _scraped(self) -> Iterable[Metric]:
+        """What /metrics reads from the node's live state: gauges, and counters kept as plain numbers."""
+        yield counter("dynamostore_read_repairs", "Replicas repaired after a read", float(self.coordinator.read_repairs))
         up = self.up_set()
         for mid in self.cluster.addresses:
             yield gauge("dynamostore_peer_up", "1 when this node sees the peer up", float(mid in up), {"peer": mid})

@@ -71,3 +71,15 @@ def test_snapshot_is_a_copy_that_later_requests_do_not_change() -> None:
     counts, buckets = m.requests.snapshot()
     m.requests.observe("GET", 200, 0.001)
     assert counts[("GET", 200)] == 1 and sum(buckets["GET"]) == 1
+
+
+def test_a_counter_kept_as_a_number_is_read_at_scrape_time() -> None:
+    """How the coordinator's read repairs reach /metrics (the node adds them with add_scraped)."""
+    from dynamostore.metrics import counter
+
+    repairs = [0]
+    m = NodeMetrics("n1")
+    m.add_scraped(lambda: [counter("dynamostore_read_repairs", "Replicas repaired after a read", repairs[0])])
+    assert _samples(m)[("dynamostore_read_repairs_total", ())] == 0
+    repairs[0] = 3
+    assert _samples(m)[("dynamostore_read_repairs_total", ())] == 3

@@ -92,6 +92,11 @@ async def test_read_repair_fixes_a_replica_that_missed_a_write(make_cluster: Cal
         return bool(st["coordinator"]["read_repairs"] >= len(keys))
 
     await wait_for(repaired, 10, "read repairs to be sent")
+    # /metrics counts what /status does (the counter was once declared and never incremented: always 0)
+    st = await c.status("n1")
+    metrics = (await (await (await c.http()).get(c.url("n1") + "/metrics")).content.read()).decode()
+    counted = [line for line in metrics.splitlines() if line.startswith("dynamostore_read_repairs_total ")]
+    assert counted and float(counted[0].split()[1]) >= st["coordinator"]["read_repairs"] >= len(keys), counted
     c.kill("n1")
     c.kill("n2")
     await wait_for(lambda: c.sees("n3", "n1", False), 5, "n3 to see n1 down")
