@@ -4,7 +4,8 @@ Each background service and API module is given only what it uses, as one of the
 builds the real implementations and wires them (it is the composition root), and unit tests hand in
 fakes with a controllable clock. The coordinator's `kv.coordinator.ClusterView` was the model.
 
-- `Clock`: the time services reason with (the event loop's monotonic clock) and how they wait.
+- `Clock`: the time services reason with (the event loop's monotonic clock) and how they wait: `sleep` to
+  pace their own work (a token bucket's wait), `wait` for something to happen or a period to end.
 - `Peers`: calls to other nodes over the internal RPC (their outcomes feed the failure detector).
 - `Liveness`: this node's view of which peers are up right now (not membership).
 - `Placement`: the ring this node serves with, the replication factor and the committed membership.
@@ -16,6 +17,7 @@ fakes with a controllable clock. The coordinator's `kv.coordinator.ClusterView` 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
@@ -34,7 +36,15 @@ class Clock(Protocol):
         """Monotonic seconds (the event loop's time)."""
         ...
 
-    async def sleep(self, seconds: float) -> None: ...
+    async def sleep(self, seconds: float) -> None:
+        """Pause this task's work for `seconds` (pacing). A test clock lets that time pass at once."""
+        ...
+
+    async def wait(self, event: asyncio.Event | None, timeout: float) -> bool:
+        """Until `event` is set or `timeout` seconds have passed (None: the timeout only, a loop's period); True
+        if the event is set. A cancellation always propagates, even one that races the event. A test clock
+        moves only when the test advances it, so a periodic loop waits there until the test says so."""
+        ...
 
 
 class Peers(Protocol):

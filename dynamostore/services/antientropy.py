@@ -230,7 +230,7 @@ class AntiEntropyService:
         self.built_in_s = round(self.clock.now() - started, 3)
         log.info("anti-entropy: all %d trees built in %.2fs", len(self.partitions), self.built_in_s)
         while True:
-            await self.clock.sleep(self.settings.sweep_interval_s)
+            await self.clock.wait(None, self.settings.sweep_interval_s)
             await self._sweep(self.partitions)
             self.totals.sweeps += 1
 
@@ -259,10 +259,7 @@ class AntiEntropyService:
             wake = self.sched.next_wakeup(now)
             delay = _IDLE_POLL if wake is None else min(_IDLE_POLL, max(0.01, wake - now))
             self._kick.clear()
-            try:
-                await asyncio.wait_for(self._kick.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
+            await self.clock.wait(self._kick, delay)
 
     def _offer_pairs(self, now: float) -> None:
         """Offer the scheduler built partitions with the peers seen up. A peer that goes down is dropped

@@ -88,10 +88,7 @@ class HandoffService:
 
     async def _run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._kick.wait(), self.settings.interval_ms / 1000)
-            except asyncio.TimeoutError:
-                pass
+            await self.clock.wait(self._kick, self.settings.interval_ms / 1000)
             self._kick.clear()
             self.step()
 

@@ -90,10 +90,7 @@ class TransferService:
 
     async def _run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._kick.wait(), 1.0)
-            except asyncio.TimeoutError:
-                pass
+            await self.clock.wait(self._kick, 1.0)
             self._kick.clear()
             self.step()
 
