@@ -253,7 +253,7 @@ class AntiEntropyService:
     async def _run(self) -> None:
         while True:
             now = self.clock.now()
-            self._offer_pairs(now)
+            self.offer_pairs(now)
             while (task := self.sched.poll(now)) is not None:
                 self._spawn(self._exchange_task(task), f"ae-{task.partition}-{task.peer}")
             wake = self.sched.next_wakeup(now)
@@ -261,7 +261,7 @@ class AntiEntropyService:
             self._kick.clear()
             await self.clock.wait(self._kick, delay)
 
-    def _offer_pairs(self, now: float) -> None:
+    def offer_pairs(self, now: float) -> None:
         """Offer the scheduler built partitions with the peers seen up. A peer that goes down is dropped
         rather than failed (failures back a peer off for minutes); when it is back, its pairs are
         rescheduled within one interval."""
