@@ -84,9 +84,9 @@ class MembershipService:
             node_id,
             data_dir / "raft",
             send=self._send,
-            apply=self._apply,
+            apply=self.apply_entry,
             snapshot=lambda: encode_state(self.applied),
-            restore=self._restore,
+            restore=self.restore_snapshot,
             bootstrap_voters=voters if founder else None,
             bootstrap_learners=learners if founder else None,
             tick_interval=settings.tick_ms / 1000,
@@ -117,7 +117,8 @@ class MembershipService:
 
     # --- the replicated state machine -----------------------------------------------------------------
 
-    def _apply(self, index: int, data: bytes) -> Result:
+    def apply_entry(self, index: int, data: bytes) -> Result:
+        """The Raft service applies each committed entry here, in log order (also when replaying at start)."""
         new, res = apply_bytes(self.applied, data)
         self.applied = new
         if not res.ok:
@@ -126,7 +127,8 @@ class MembershipService:
             self._publish(new)
         return res
 
-    def _restore(self, data: bytes) -> None:
+    def restore_snapshot(self, data: bytes) -> None:
+        """The Raft service restores a snapshot here (from disk at start, or sent by the leader)."""
         self.applied = decode_state(data)
         if self.applied.initialized:
             self._publish(self.applied)

@@ -162,13 +162,13 @@ def _expected(s: ExchangeScheduler, now: float) -> tuple[tuple[float, int, str] 
     """What poll and next_wakeup must answer, worked out from the public view of every pair (a full pass over
     them, which the due-ordered queue of the scheduler avoids). The repair bucket is never drawn from here."""
     pairs = s.status()
-    running = [p for p in pairs if p.running]
+    running = s.running  # a dropped pair's exchange still running counts until it finishes
     if len(running) >= s.config.max_concurrent:
         return None, None
-    busy = {p.partition for p in running}
+    busy = {t.partition for t in running}
     load: dict[str, int] = {}
-    for p in running:
-        load[p.peer] = load.get(p.peer, 0) + 1
+    for t in running:
+        load[t.peer] = load.get(t.peer, 0) + 1
     starts = []
     for p in pairs:
         if p.partition in busy or load.get(p.peer, 0) >= s.config.max_per_peer:
