@@ -29,7 +29,7 @@ Clock = Mapping[str, int]
 
 
 
-_packers = threading.local()  # SQLite's writer thread and the readers encode too: one packer per thread
+_packers = threading.local()  # one packer per thread: any thread that encodes (the loop, a reader) gets its own
 
 
 def packb(obj: Any) -> bytes:
