@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from dynamostore import native
-from dynamostore.api.admin import AdminApi
+from dynamostore.api.admin import AdminApi, admin_routes
 from dynamostore.api.debug import DebugApi, debug_routes
 from dynamostore.api.kv import KvApi
 from dynamostore.api.openapi import spec
@@ -249,7 +249,7 @@ class Node:
                          locate=self.replica.ref, max_key_bytes=limits.max_key_bytes)
         console_exact, console_prefixed = console_routes(ConsoleApi(self.history.document))
         sec = self.security
-        self.http_runner = build_server(kv, ops, admin, self.metrics, extra=console_exact,
+        self.http_runner = build_server(kv, ops, admin_routes(admin), self.metrics, extra=console_exact,
                                         prefixed=console_prefixed | debug_routes(debug), tokens=TokenApi(self.membership),
                                         access=Access(sec.policy, self._tokens) if sec.auth else None,
                                         listeners=f.listeners)

@@ -10,14 +10,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from dynamostore.api.admin import AdminApi, AdminError, admin_routes
+from dynamostore.api.admin import AdminError
 from dynamostore.api.errors import BadRequest, error
-from dynamostore.api.kv import KvApi
-from dynamostore.api.ops import OpsApi
 from dynamostore.api.server import Gate, HttpServer, InvalidJSON, Request, Response
 from dynamostore.api.tokens import TokenApi, token_routes
-from dynamostore.config import ListenerSettings
+from dynamostore.config import LimitSettings, ListenerSettings
 from dynamostore.kv.coordinator import Unavailable
 from dynamostore.metrics import NodeMetrics
 from dynamostore.security.authz import Policy
@@ -37,6 +36,26 @@ def _too_large(size: int | None, limit: int) -> Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+# What the routing table takes from the key and ops APIs: their handlers, nothing else. Protocols, not the
+# classes (api.kv.KvApi, api.ops.OpsApi), so that tests of the routing, admin and console routes can pass
+# stand-ins to the compiled build_server; the handlers are looked up once, when the table is built.
+class KeyHandlers(Protocol):
+    @property
+    def limits(self) -> LimitSettings: ...
+    async def get(self, request: Request) -> Response: ...
+    async def put(self, request: Request) -> Response: ...
+    async def delete(self, request: Request) -> Response: ...
+    async def empty_key(self, request: Request) -> Response: ...
+
+
+class OpsHandlers(Protocol):
+    async def health(self, request: Request) -> Response: ...
+    async def status(self, request: Request) -> Response: ...
+    async def metrics(self, request: Request) -> Response: ...
+    async def openapi(self, request: Request) -> Response: ...
+    async def debug_delay(self, request: Request) -> Response: ...
+
+
 @dataclass(frozen=True)
 class Access:
     """Client authentication: which permission each route needs, and the tokens known right now."""
@@ -45,7 +64,7 @@ class Access:
     tokens: Callable[[], Mapping[str, ApiToken]]
 
 
-def build_server(api: KvApi, ops: OpsApi, admin: AdminApi, metrics: NodeMetrics,
+def build_server(api: KeyHandlers, ops: OpsHandlers, admin: Mapping[tuple[str, str], Handler], metrics: NodeMetrics,
                  extra: dict[tuple[str, str], Handler] | None = None,
                  prefixed: dict[str, dict[str, Handler]] | None = None, tokens: TokenApi | None = None,
                  access: Access | None = None, listeners: ListenerSettings | None = None) -> HttpServer:
@@ -67,7 +86,7 @@ def build_server(api: KvApi, ops: OpsApi, admin: AdminApi, metrics: NodeMetrics,
         "/kv/": {m: api.empty_key for m in kv},
     }
     token_api = token_routes(tokens) if tokens is not None else {}
-    for (method, path), handler in (admin_routes(admin) | (extra or {}) | token_api).items():
+    for (method, path), handler in (dict(admin) | (extra or {}) | token_api).items():
         routes.setdefault(path, {})[method] = handler
     prefixes = sorted((prefixed or {}).items(), key=lambda kv: -len(kv[0]))  # the longest prefix first
 

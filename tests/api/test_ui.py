@@ -34,10 +34,8 @@ async def console() -> AsyncIterator[tuple[int, list[int]]]:
     stub = SimpleNamespace(get=_unused, put=_unused, delete=_unused, empty_key=_unused,
                            limits=SimpleNamespace(max_value_bytes=1024))
     ops = SimpleNamespace(health=_unused, status=_unused, metrics=_unused, openapi=_unused, debug_delay=_unused)
-    admin = SimpleNamespace(members=_unused, plan=_unused, join=_unused, leave=_unused, remove=_unused,
-                            replace=_unused, clear=_unused, commit=_unused)
     exact, prefixed = console_routes(ConsoleApi(history))
-    server: HttpServer = build_server(stub, ops, admin, NodeMetrics("n1"), extra=exact,  # type: ignore[arg-type]
+    server: HttpServer = build_server(stub, ops, {}, NodeMetrics("n1"), extra=exact,  # type: ignore[arg-type]
                                       prefixed=prefixed)
     await server.start("127.0.0.1", 0)
     try:

@@ -6,19 +6,16 @@ newcomers' ping are fakes too."""
 from __future__ import annotations
 
 import json
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
-from dynamostore.api.admin import AdminApi
-from dynamostore.api.kv import KvApi
+from dynamostore.api.admin import AdminApi, admin_routes
 from dynamostore.api.ops import OpsApi
 from dynamostore.api.routes import build_server
-from dynamostore.api.server import HttpServer, Request
+from dynamostore.api.server import HttpServer, Request, Response
 from dynamostore.cluster.membership import MembershipError
-from dynamostore.config import LimitSettings, QuorumSettings
-from dynamostore.kv.context import ContextCodec
-from dynamostore.kv.coordinator import Coordinator
+from dynamostore.config import LimitSettings
 from dynamostore.metrics import NodeMetrics
 from ring.membership import Command, MemberInfo, MembershipState, Result, StageJoin, StageRemove, apply
 from tests.services.fakes import FakeLiveness, membership
@@ -51,15 +48,26 @@ class FakeMembership:
         return {"leader": None if self.down else "n1"}
 
 
+class NoKeys:
+    """The key routes, which no admin request may reach."""
+
+    limits = LimitSettings()
+
+    async def get(self, request: Request) -> Response:
+        raise AssertionError(f"an admin request reached the key routes: {request.path}")
+
+    put = delete = empty_key = get
+
+
 class Admin:
     def __init__(self) -> None:
         self.membership = FakeMembership(membership(NODES, 8, 3))
         self.liveness = FakeLiveness("n1", NODES)
         self.reachable: set[str] = set()
         metrics = NodeMetrics("n1")
-        kv = KvApi(cast(Coordinator, None), ContextCodec(b"s" * 16), QuorumSettings(), LimitSettings(), 3)
         ops = OpsApi("n1", dict, metrics, {}, None)
-        self.server: HttpServer = build_server(kv, ops, AdminApi(self.membership, self.liveness, self.ping), metrics)
+        admin = AdminApi(self.membership, self.liveness, self.ping)
+        self.server: HttpServer = build_server(NoKeys(), ops, admin_routes(admin), metrics)
 
     async def ping(self, m: MemberInfo) -> None:
         if m.id not in self.reachable:
