@@ -361,14 +361,19 @@ class Node:
 
     async def _rpc_coord_put(self, payload: Any, peer: str) -> Any:
         try:
-            key, value, ctype, ctx_items, wire_opts = payload
+            # [key, value, content type, context vector, options] and, when the context has one, its dot
+            # cloud (an earlier release refuses the sixth element: the forwarder then resends without it)
+            key, value, ctype, ctx_items, wire_opts = payload[:5]
             ctx = {str(a): int(c) for a, c in ctx_items}
             opts = WriteOptions.from_wire(wire_opts)
+            dots = tuple(sorted({(str(a), int(c)) for a, c in payload[5]})) if len(payload) > 5 else ()
+            if len(payload) > 6:
+                raise ValueError(f"{len(payload)} elements, expected 5 or 6")
         except (TypeError, ValueError) as exc:
             raise _bad(f"kv.coord_put payload: {exc}") from exc
         # A forwarded write is coordinated here or fails: never forwarded again (no loops).
         try:
-            res = await self.coordinator.put(bytes(key), value, str(ctype), ctx, opts)
+            res = await self.coordinator.put(bytes(key), value, str(ctype), ctx, opts, dots)
         except Unavailable as unavailable:
             raise RpcRemoteError("unavailable", str(unavailable)) from unavailable
         except SiblingLimitError as too_many:

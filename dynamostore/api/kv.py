@@ -22,6 +22,8 @@ from dynamostore.kv.replica import SiblingLimitError
 
 log = logging.getLogger(__name__)
 
+NO_CONTEXT: tuple[dict[str, int], tuple[v.Dot, ...]] = ({}, ())  # a blind write (never modified)
+
 
 class KvApi:
     def __init__(self, coordinator: Coordinator, codec: ContextCodec, quorum: QuorumSettings,
@@ -48,12 +50,13 @@ class KvApi:
             raise BadRequest(f"the key is {len(key)} bytes, longer than the limit of {self.limits.max_key_bytes}")
         return key
 
-    def _context(self, request: Request, key: bytes) -> dict[str, int]:
+    def _context(self, request: Request, key: bytes) -> tuple[dict[str, int], tuple[v.Dot, ...]] | None:
+        """The request's context (vector, dot cloud), None without one."""
         token = request.headers.get("x-context")
         if token is None or token.strip() == "":
-            return {}
+            return None
         try:
-            return self.codec.decode(key, token)
+            return self.codec.decode_context(key, token)
         except InvalidContext as exc:
             raise BadRequest(str(exc)) from exc
 
@@ -155,7 +158,7 @@ class KvApi:
         key = self._key(request)
         # An over-limit body never gets here: the server answered 413 (too_large below) without reading it.
         opts = self._write_opts(request)
-        ctx = self._context(request, key)
+        ctx = self._context(request, key) or NO_CONTEXT
         body = request.body
         ctype = request.headers.get("content-type", "application/octet-stream")
         return await self._write(request, key, body, ctype, ctx, opts)
@@ -163,15 +166,16 @@ class KvApi:
     async def delete(self, request: Request) -> Response:
         key = self._key(request)
         opts = self._write_opts(request)
-        ctx = self._context(request, key)
+        ctx = self._context(request, key) or NO_CONTEXT
         return await self._write(request, key, None, "", ctx, opts)
 
     async def _write(
-        self, request: Request, key: bytes, value: bytes | None, ctype: str, ctx: dict[str, int],
-        opts: WriteOptions,
+        self, request: Request, key: bytes, value: bytes | None, ctype: str,
+        ctx: tuple[dict[str, int], tuple[v.Dot, ...]], opts: WriteOptions,
     ) -> Response:
+        clock, dots = ctx
         try:
-            res = await self.coordinator.put(key, value, ctype, ctx, opts)
+            res = await self.coordinator.put(key, value, ctype, clock, opts, dots)
         except SiblingLimitError as too_many:
             return error(409, "too_many_siblings", str(too_many))
         except ForwardError as refused:
@@ -181,10 +185,13 @@ class KvApi:
             "X-Acks": str(res.acks),
             "X-Hinted": str(res.hinted),
             "X-Durable": str(res.durable),
-            "X-Context": self.codec.encode(key, res.state.clock),
         }
         if request.query_string and request.query.get("returnbody", "").lower() == "true" and value is not None:
-            return self._render_state(request, key, res.state, headers)
+            return self._render_state(request, key, res.state, headers)  # the merged state, with its context
+        # What the request's context covered plus this write's dot: never siblings the client did not see.
+        dot = v.minted_dot(res.state)
+        if dot is not None:
+            headers["X-Context"] = self.codec.encode(key, *v.written_context(clock, dots, dot))
         return Response(status=204, headers=headers)
 
     async def empty_key(self, request: Request) -> Response:

@@ -423,14 +423,17 @@ class Coordinator:
     # --- writes --------------------------------------------------------------------------------------
 
     async def put(
-        self, key: bytes, value: bytes | None, content_type: str, context: v.Clock, opts: WriteOptions
+        self, key: bytes, value: bytes | None, content_type: str, context: v.Clock, opts: WriteOptions,
+        dots: tuple[v.Dot, ...] = (),
     ) -> PutResult:
+        """Coordinate a write (or forward it to a node that can). `context` and `dots` are the client's
+        context: a version vector and the single dots it covers beyond it (`versioning.update`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + opts.timeout
         ref = self.replica.ref(key)
         targets, spare_nodes, me, _ = self.plan(ref, opts.sloppy)
         if me is None:
-            return await self._forward(ref, value, content_type, context, opts, targets, deadline)
+            return await self._forward(ref, value, content_type, context, opts, targets, deadline, dots)
         pw = opts.pw if opts.sloppy else max(opts.pw, opts.w)
         tally = PutTally(w=opts.w, dw=opts.dw, pw=pw, targets=len(targets) + len(spare_nodes))
         if tally.impossible():
@@ -440,7 +443,8 @@ class Coordinator:
         gather = _PutGather(self._alarms_of(loop), self.view, me, targets, ref.partition, key, durable, opts.timeout,
                             tally, list(spare_nodes))
         then_from(self.replica.coordinate_then(ref, context, value, content_type, durable=durable,
-                                               hint_for=me.hint_for, committed=gather.committed), gather.track(me))
+                                               hint_for=me.hint_for, committed=gather.committed, dots=dots),
+                   gather.track(me))
         soft = loop.time() + min(self.view.replica_timeout, opts.timeout / 2)
         timed_out = await gather.wait(gather.done, deadline, soft)
         if gather.local_error is not None:
@@ -461,34 +465,42 @@ class Coordinator:
         opts: WriteOptions,
         targets: list[Target],
         deadline: float,
+        dots: tuple[v.Dot, ...] = (),
     ) -> PutResult:
+        """Forward to the first reachable coordinator. A dot cloud travels as a sixth payload element; a node
+        of an earlier release refuses six elements as a bad payload and is then sent the context's vector
+        alone: the write supersedes less than its context covered (a sibling may stay), never more."""
         loop = asyncio.get_running_loop()
         errors: list[str] = []
+        cloud: list[list[Any]] | None = [[a, n] for a, n in dots] if dots else None
         for t in targets:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            wire_opts = WriteOptions(opts.w, opts.dw, opts.pw, opts.sloppy, remaining).to_wire()
-            try:
-                res = await self.view.call(
-                    t.node,
-                    "kv.coord_put",
-                    [ref.key, value, content_type, sorted(context.items()), wire_opts],
-                    remaining + 0.05,
-                )
-            except RpcRemoteError as remote:
-                if remote.code in ("unavailable",):
-                    raise Unavailable(remote.message) from remote
-                if remote.code in ("bad_request", "conflict"):
-                    raise ForwardError(remote.code, remote.message) from remote
-                errors.append(f"{t.node}: {_reason(remote)}")
-                continue
-            except RpcError as exc:
-                errors.append(f"{t.node}: {_reason(exc)}")
-                continue
-            self.forwarded += 1
-            coord, acks, hinted, durable, raw = res
-            return PutResult(coord, acks, hinted, durable, v.decode(raw))
+            while True:  # once, or twice for an earlier release refusing the cloud
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                wire_opts = WriteOptions(opts.w, opts.dw, opts.pw, opts.sloppy, remaining).to_wire()
+                payload: list[Any] = [ref.key, value, content_type, sorted(context.items()), wire_opts]
+                if cloud is not None:
+                    payload.append(cloud)
+                try:
+                    res = await self.view.call(t.node, "kv.coord_put", payload, remaining + 0.05)
+                except RpcRemoteError as remote:
+                    if cloud is not None and remote.code == "bad_request" and "kv.coord_put payload" in remote.message:
+                        cloud = None
+                        continue
+                    if remote.code in ("unavailable",):
+                        raise Unavailable(remote.message) from remote
+                    if remote.code in ("bad_request", "conflict"):
+                        raise ForwardError(remote.code, remote.message) from remote
+                    errors.append(f"{t.node}: {_reason(remote)}")
+                    break
+                except RpcError as exc:
+                    errors.append(f"{t.node}: {_reason(exc)}")
+                    break
+                self.forwarded += 1
+                coord, acks, hinted, durable, raw = res
+                # the coordinator's stored form, local actor included: the actor of the write's dot
+                return PutResult(coord, acks, hinted, durable, v.decode(raw))
         why = "; ".join(errors) if errors else "no replica of this key is reachable"
         raise Unavailable(
             f"could not reach a coordinator for this key (required w={opts.w}, {len(targets)} replicas reachable): {why}"

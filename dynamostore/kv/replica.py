@@ -121,11 +121,12 @@ class LocalReplica:
     def ref(self, key: bytes) -> KeyRef:
         return KeyRef.of(key, self.partitions, self.segments)
 
-    def _actor_for(self, current: v.VersionSet | None, context: v.Clock) -> str:
+    def _actor_for(self, current: v.VersionSet | None, context: v.Clock, dots: tuple[v.Dot, ...] = ()) -> str:
         """The actor of the next dot: this copy's own actor if it has one, else a fresh one (module doc)."""
         if current is not None and current.local_actor is not None:
             actor = current.local_actor
-            if context.get(actor, 0) <= current.clock.get(actor, 0):
+            mine = current.clock.get(actor, 0)
+            if context.get(actor, 0) <= mine and all(n <= mine for a, n in dots if a == actor):
                 return actor
         return f"{self.node_id}.{self.epochs.take():x}"
 
@@ -163,9 +164,11 @@ class LocalReplica:
         *,
         durable: bool,
         hint_for: str | None = None,
+        dots: tuple[v.Dot, ...] = (),
     ) -> v.VersionSet:
         """Apply a client write here as its coordinator; returns the new state to replicate."""
-        state, _ = await self.coordinate_then(ref, context, value, content_type, durable=durable, hint_for=hint_for)
+        state, _ = await self.coordinate_then(ref, context, value, content_type, durable=durable, hint_for=hint_for,
+                                              dots=dots)
         return state
 
     def coordinate_then(
@@ -178,6 +181,7 @@ class LocalReplica:
         durable: bool,
         hint_for: str | None = None,
         committed: Callable[[v.VersionSet, bytes, bytes | None], None] | None = None,
+        dots: tuple[v.Dot, ...] = (),
     ) -> asyncio.Future[tuple[v.VersionSet, bytes]]:
         """`coordinate`, as the storage op's future of (new state, its causal encoding: what replicas are sent).
 
@@ -185,15 +189,15 @@ class LocalReplica:
         resolves (and before the fsync a durable write waits for): the coordinator sends to the replicas from
         there, in the same loop pass, instead of in a task step after it. `replaced` is the digest of the
         state the write replaced here (None: there was none); a replica holding that very state can store
-        the write as it comes (`merge`'s `replaces`)."""
+        the write as it comes (`merge`'s `replaces`). `dots` is the context's dot cloud (`versioning.update`)."""
         now_ms = int(time.time() * 1000)
 
         digests: list[bytes | None] = [None, None]  # (old, new), for the Merkle hook
 
         def apply(raw: bytes | None) -> tuple[bytes | None, tuple[v.VersionSet, bytes]]:
             cur = v.decode(raw) if raw is not None else None
-            actor = self._actor_for(cur, context)
-            new = v.update(cur, context, actor, value, content_type, now_ms)
+            actor = self._actor_for(cur, context, dots)
+            new = v.update(cur, context, actor, value, content_type, now_ms, dots)
             new = v.VersionSet(new.clock, new.siblings, actor)
             if len(new.siblings) > self.max_siblings:
                 raise SiblingLimitError(

@@ -136,15 +136,68 @@ def update(
     value: bytes | None,
     content_type: str,
     now_ms: int,
+    dots: tuple[Dot, ...] = (),
 ) -> VersionSet:
-    """Apply a client write at coordinator `node`: drop what the context saw, add a sibling with a new dot."""
+    """Apply a client write at coordinator `node`: drop what the context saw, add a sibling with a new dot.
+
+    The context is a version vector `context` plus a dot cloud `dots` (sorted): the dots it covers beyond
+    the vector, which a write's own answer adds (see `written_context`). A cloud dot this copy has not seen
+    cannot be recorded in its clock without covering the writes before it on that actor, which nobody read:
+    it is then left out, and the write it names survives as a sibling when it arrives (never a lost write).
+    """
     state = state or EMPTY
-    kept = [s for s in state.siblings if not covers(context, s.dot)]
+    if dots:
+        kept = [s for s in state.siblings if not covers(context, s.dot) and s.dot not in dots]
+    else:
+        kept = [s for s in state.siblings if not covers(context, s.dot)]
     clock = merge_clocks(state.clock, context)
+    for actor, n in dots:  # sorted: a run of consecutive dots extends the clock one by one
+        if clock.get(actor, 0) == n - 1:
+            clock[actor] = n
     counter = clock.get(node, 0) + 1
     clock[node] = counter
     new = Sibling((node, counter), value, content_type, now_ms)
     return VersionSet(clock, _ordered([*kept, new]))
+
+
+def context_covers(clock: Clock, dots: tuple[Dot, ...], dot: Dot) -> bool:
+    """Does the context (vector `clock`, cloud `dots`) cover `dot`?"""
+    return clock.get(dot[0], 0) >= dot[1] or dot in dots
+
+
+def compact_context(clock: Clock, dots: Iterable[Dot]) -> tuple[dict[str, int], tuple[Dot, ...]]:
+    """The same context, in its smallest form: cloud dots the vector covers go, a dot right after the
+    vector's entry for its actor extends the entry (repeatedly), the rest stays in the cloud, sorted."""
+    out = dict(clock)
+    rest: list[Dot] = []
+    for actor, n in sorted(set(dots)):  # ascending per actor: one pass settles every run
+        have = out.get(actor, 0)
+        if n == have + 1:
+            out[actor] = n
+        elif n > have:
+            rest.append((actor, n))
+    return out, tuple(rest)
+
+
+def written_context(clock: Clock, dots: tuple[Dot, ...], dot: Dot) -> tuple[dict[str, int], tuple[Dot, ...]]:
+    """The context a write answers with: exactly what its request's context covered, plus its own dot.
+
+    Never the key's merged clock, which covers siblings the writer did not see: a client that writes again
+    with the answer's context then supersedes only what it read or wrote itself."""
+    if not dots and clock.get(dot[0], 0) == dot[1] - 1:  # the careful writer's usual case: a plain vector
+        out = dict(clock)
+        out[dot[0]] = dot[1]
+        return out, ()
+    return compact_context(clock, (*dots, dot))
+
+
+def minted_dot(state: VersionSet) -> Dot | None:
+    """The dot of the write that produced `state` at its coordinator: that copy's actor, at its clock entry
+    (`update` mints the entry's next counter). None for a state that was not minted here."""
+    actor = state.local_actor
+    if actor is None or actor not in state.clock:
+        return None
+    return (actor, state.clock[actor])
 
 
 def sync(a: VersionSet | None, b: VersionSet | None) -> VersionSet:

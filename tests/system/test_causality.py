@@ -1,0 +1,43 @@
+"""The causality contract on a real cluster (docs/causality.md): a write's context covers only what its writer
+saw, a DELETE without a context deletes what is there, and a node that lost its data never mints a dot again
+that its earlier life minted."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.harness import STRICT_ALL, Cluster, wait_for
+
+pytestmark = pytest.mark.cluster
+
+# No anti-entropy or handoff: what each node holds is exactly what the test wrote through it.
+QUIET = {"handoff": {"enabled": False}, "antientropy": {"enabled": False}}
+ALL = {"X-Write-Quorum": "all"}
+
+
+async def values(c: Cluster, via: str, key: str) -> tuple[int, list[bytes]]:
+    status, _, body = await c.get(via, key, STRICT_ALL)
+    if status == 300:
+        return status, sorted(base64.b64decode(s["value"]) for s in json.loads(body)["siblings"])
+    return status, [body] if status == 200 else []
+
+
+async def test_a_writes_context_never_drops_a_sibling_its_writer_did_not_read(make_cluster: Callable[..., Any]) -> None:
+    c: Cluster = await make_cluster(3, QUIET)
+    assert (await c.put("n1", "cart", b"alice", ALL))[0] == 204
+    status, h, _ = await c.put("n1", "cart", b"bob", ALL)
+    assert status == 204
+    # bob's writer keeps "the last context it saw", its own write's, and writes again
+    assert (await c.put("n1", "cart", b"bob-v2", {**ALL, "X-Context": h["X-Context"]}))[0] == 204
+    assert await values(c, "n2", "cart") == (300, [b"alice", b"bob-v2"])
+    # returnbody answers with the merged state and a context covering all of it, as before
+    status, h, body = await c.put("n1", "cart", b"both", {**ALL, "Accept": "application/json"}, returnbody="true")
+    assert status == 300 and len(json.loads(body)["siblings"]) == 3
+    assert (await c.put("n1", "cart", b"merged", {**ALL, "X-Context": h["X-Context"]}))[0] == 204
+    assert await values(c, "n3", "cart") == (200, [b"merged"])
