@@ -39,8 +39,10 @@ async def test_kv_status_and_admin_commands(make_cluster: Callable[..., Any]) ->
     await cli("kv", "put", "greeting", "blind", "--blind", "--url", url)
     r = await cli("kv", "get", "greeting", "--url", url, "-r", "3")
     assert r.returncode == 0 and "2 siblings" in r.stdout and "blind" in r.stdout
-    r = await cli("kv", "delete", "greeting", "--url", url)  # with the context it read: both go
-    assert r.returncode == 0
+    r = await cli("kv", "delete", "greeting", "--url", url, "-r", "3")  # the node deletes what it reads: both
+    assert r.returncode == 0 and r.stdout == "deleted 2 values\n", r
+    r = await cli("kv", "delete", "greeting", "--url", url, "-r", "3")
+    assert r.returncode == 2 and "not found" in r.stderr
     r = await cli("kv", "get", "greeting", "--url", url, "-r", "3")
     assert r.returncode == 2 and "not found" in r.stderr
     r = await cli("kv", "put", "k", "v", "-w", "4", "--url", url)

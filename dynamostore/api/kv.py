@@ -164,10 +164,26 @@ class KvApi:
         return await self._write(request, key, body, ctype, ctx, opts)
 
     async def delete(self, request: Request) -> Response:
+        """With a context, a tombstone superseding what it covers. Without one, Riak's rule: read the key at
+        the request's R and supersede what was read (`X-Deleted-Siblings` says how many values; 404 and
+        nothing written when there were none)."""
         key = self._key(request)
         opts = self._write_opts(request)
-        ctx = self._context(request, key) or NO_CONTEXT
-        return await self._write(request, key, None, "", ctx, opts)
+        ctx = self._context(request, key)
+        if ctx is not None:
+            return await self._write(request, key, None, "", ctx, opts)
+        read = await self.coordinator.get(key, self._read_opts(request))
+        state = read.state
+        live = state.live if state is not None else ()
+        if state is None or not live:
+            headers = {"X-Coordinator": read.coordinator, "X-Replies": str(read.replies), "X-Deleted-Siblings": "0"}
+            if state is not None:  # tombstones: their context, as a read gives it
+                headers["X-Context"] = self.codec.encode(key, state.clock)
+            return json_response({"error": "not_found", "reason": "no value for this key: nothing was deleted"},
+                                 status=404, headers=headers)
+        response = await self._write(request, key, None, "", (dict(state.clock), ()), opts)
+        response.headers["X-Deleted-Siblings"] = str(len(live))
+        return response
 
     async def _write(
         self, request: Request, key: bytes, value: bytes | None, ctype: str,

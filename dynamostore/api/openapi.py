@@ -29,7 +29,9 @@ def spec(n_val: int, max_value: int, max_key: int) -> dict[str, Any]:
         {"name": "X-Write-Quorum", "in": "header", "schema": _LEVEL},
         {"name": "X-Durable-Writes", "in": "header", "schema": _LEVEL},
         {"name": "X-Context", "in": "header", "schema": {"type": "string"},
-         "description": "causal context from a previous read; omit for a write concurrent with everything"},
+         "description": "causal context from a previous read (or write answer): the write supersedes what it "
+                        "covers; omit on a PUT for a write concurrent with everything, on a DELETE to delete "
+                        "what the node reads at R"},
         {"name": "w", "in": "query", "schema": _LEVEL},
         {"name": "dw", "in": "query", "schema": _LEVEL},
         {"name": "pw", "in": "query", "schema": _LEVEL},
@@ -68,7 +70,8 @@ def spec(n_val: int, max_value: int, max_key: int) -> dict[str, Any]:
                     "requestBody": {"content": {"application/octet-stream": {
                         "schema": {"type": "string", "format": "binary", "maxLength": max_value}}}},
                     "responses": {
-                        "204": {"description": "stored; X-Context, X-Acks, X-Hinted, X-Coordinator"},
+                        "204": {"description": "stored; X-Acks, X-Hinted, X-Coordinator, and an X-Context "
+                                               "covering the request's context plus this write only"},
                         "200": {"description": "stored, with the body (returnbody=true)"},
                         "300": {"description": "stored; siblings remain (returnbody=true)"},
                         "413": _err("value over the limit"),
@@ -77,8 +80,16 @@ def spec(n_val: int, max_value: int, max_key: int) -> dict[str, Any]:
                 },
                 "delete": {
                     "summary": "Delete a key (writes a tombstone)",
-                    "parameters": [key_param] + write_params,
-                    "responses": {"204": {"description": "tombstone stored"}, **write_errors},
+                    "parameters": [key_param] + write_params + [
+                        {"name": "X-Read-Quorum", "in": "header", "schema": _LEVEL,
+                         "description": "without X-Context: the R of the read that finds what to delete"},
+                        {"name": "r", "in": "query", "schema": _LEVEL}],
+                    "responses": {
+                        "204": {"description": "tombstone stored; without X-Context, X-Deleted-Siblings says how "
+                                               "many values the read found and the tombstone supersedes"},
+                        "404": _err("without X-Context: the read found no value, nothing was written"),
+                        **write_errors,
+                    },
                 },
             },
             "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},

@@ -1,9 +1,10 @@
 """`dynamostore kv get|put|delete`: a command-line client of one key, on `dynamostore.client`.
 
 The request goes to a primary of the key (the client reads the ring from the `--url` node) and fails over
-to the next node of its preference list. A put or delete first reads the key and writes with that read's
-context, as Riak's clients do, so it replaces what is there (siblings included) instead of becoming one
-more sibling; `--blind` skips the read, `--context` gives a context read earlier.
+to the next node of its preference list. A put first reads the key and writes with that read's context, as
+Riak's clients do, so it replaces what is there (siblings included) instead of becoming one more sibling;
+`--blind` skips the read, `--context` gives a context read earlier. A delete without `--context` is sent
+without one: the node deletes what it reads at R and says how many values that was (404: nothing there).
 """
 
 from __future__ import annotations
@@ -63,14 +64,15 @@ def run(args: argparse.Namespace) -> int:
                     print(f"X-Context: {obj.context}", file=sys.stderr)
                 return 0
             context: Object | str | None = args.context or None
-            if context is None and not args.blind:
-                context = client.get(args.key, missing_ok=True, **opts)
             if args.op == "put":
+                if context is None and not args.blind:
+                    context = client.get(args.key, missing_ok=True, **opts)
                 body = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
                 res = client.put(args.key, body, context=context, content_type=args.content_type, **opts)
+                print("ok")
             else:
                 res = client.delete(args.key, context=context, **opts)
-            print("ok")
+                print("ok" if res.deleted is None else f"deleted {res.deleted} value{'s' * (res.deleted != 1)}")
             _print_info(res.info, write=True)
             return 0
     except NotFound as missing:

@@ -45,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     kv.add_argument("value", nargs="?", help="the value for put ('-' reads stdin)")
     kv.add_argument("--url", default=DEFAULT_URL,
                     help="a node to learn the ring from (comma-separated for several); requests go to the key's primaries")
-    kv.add_argument("--context", help="X-Context from a previous read (default for put/delete: read it first)")
+    kv.add_argument("--context", help="X-Context from a previous read (default for put: read it first; for "
+                                      "delete: the node deletes what it reads)")
     kv.add_argument("--blind", action="store_true",
-                    help="put/delete without reading first: the write is concurrent with what is stored")
+                    help="put without reading first: the write is concurrent with what is stored")
     kv.add_argument("--consistency", help="ONE, TWO, THREE, QUORUM or ALL")
     kv.add_argument("-r", help="read quorum")
     kv.add_argument("-w", help="write quorum")

@@ -82,7 +82,8 @@ class AsyncClient:
 
     async def delete(self, key: str, *, context: Object | str | None = None,
                      **consistency: Unpack[Consistency]) -> WriteResult:
-        """Delete what `context` covers; without one, what the coordinator reads."""
+        """Delete what `context` covers; without one, what the coordinator reads at R (Riak's rule): the result's
+        `deleted` counts those values, and `NotFound` means there were none (nothing was written)."""
         return await self._run(self.core.delete_op(key, consistency, context))
 
     async def update(self, key: str, fn: UpdateFn, *, resolver: Resolver | None = None,

@@ -365,9 +365,11 @@ def read_object(key: str, answer: Answer, node: str | None, resolver: Resolver |
 def write_result(key: str, answer: Answer, node: str | None, resolver: Resolver | None) -> WriteResult:
     """204: done; 200/300 (returnbody): done, with the state after the write as a read Object."""
     if answer.status == 204:
-        return WriteResult(key, info_of(answer, node))
+        return WriteResult(key, info_of(answer, node), deleted=_int(answer.headers, "x-deleted-siblings"))
     if answer.status in (200, 300):
         return WriteResult(key, info_of(answer, node), read_object(key, answer, node, resolver))
+    if answer.status == 404:  # a DELETE without a context that found nothing to delete
+        raise NotFound(key, answer.headers.get("x-context"))
     raise_for(answer)
 
 

@@ -124,6 +124,7 @@ class WriteResult:
     key: str
     info: Info
     object: Object | None = None
+    deleted: int | None = None  # a DELETE without a context: how many values it deleted (X-Deleted-Siblings)
 
 
 class Consistency(TypedDict, total=False):

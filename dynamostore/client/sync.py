@@ -66,7 +66,8 @@ class Client:
 
     def delete(self, key: str, *, context: Object | str | None = None,
                **consistency: Unpack[Consistency]) -> WriteResult:
-        """Delete what `context` covers; without one, what the coordinator reads (Riak's rule)."""
+        """Delete what `context` covers; without one, what the coordinator reads at R (Riak's rule): the result's
+        `deleted` counts those values, and `NotFound` means there were none (nothing was written)."""
         return self._run(self.core.delete_op(key, consistency, context))
 
     def update(self, key: str, fn: UpdateFn, *, resolver: Resolver | None = None, content_type: str | None = None,

@@ -385,3 +385,13 @@ def test_token_and_tls_options_are_passed_through() -> None:
         ClientCore("http://a:1", ssl=ctx)
     with pytest.raises(FileNotFoundError):
         ClientCore("https://a:1", ssl="/nonexistent/ca.pem")  # a CA file path is loaded, not ignored
+
+
+def test_a_delete_without_a_context_says_how_many_values_it_deleted() -> None:
+    done = core.write_result("k", Answer(204, {"x-coordinator": "n1", "x-acks": "2", "x-deleted-siblings": "3"}, b""),
+                             "n1", None)
+    assert done.deleted == 3
+    assert core.write_result("k", Answer(204, {"x-acks": "2"}, b""), "n1", None).deleted is None  # with a context
+    with pytest.raises(NotFound):  # nothing there: nothing was written
+        core.write_result("k", Answer(404, {"x-deleted-siblings": "0", "content-type": "application/json"},
+                                      b'{"error": "not_found", "reason": "no value"}'), "n1", None)

@@ -41,3 +41,16 @@ async def test_a_writes_context_never_drops_a_sibling_its_writer_did_not_read(ma
     assert status == 300 and len(json.loads(body)["siblings"]) == 3
     assert (await c.put("n1", "cart", b"merged", {**ALL, "X-Context": h["X-Context"]}))[0] == 204
     assert await values(c, "n3", "cart") == (200, [b"merged"])
+
+
+async def test_a_delete_without_a_context_deletes_what_is_there(make_cluster: Callable[..., Any]) -> None:
+    c: Cluster = await make_cluster(3, QUIET)
+    assert (await c.put("n1", "gone", b"a", ALL))[0] == 204
+    assert (await c.put("n2", "gone", b"b", ALL))[0] == 204  # two siblings
+    assert (await values(c, "n3", "gone"))[0] == 300
+    status, h, _ = await c.delete("n3", "gone", {**ALL, "X-Read-Quorum": "all"})
+    assert status == 204 and h["X-Deleted-Siblings"] == "2", h
+    assert await values(c, "n1", "gone") == (404, [])
+    # nothing there: 404, and nothing is written
+    status, h, body = await c.delete("n2", "gone", {**ALL, "X-Read-Quorum": "all"})
+    assert status == 404 and h["X-Deleted-Siblings"] == "0", (status, h, body)
