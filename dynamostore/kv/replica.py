@@ -21,14 +21,23 @@ proves nothing (the fault tests caught exactly that: a dot minted in one hint re
 record of the same node through replication, and was minted again there). So each stored copy records the
 actor it minted with (`VersionSet.local_actor`, local bookkeeping that merges never import), and the node
 continues that actor only there, and only if the client's context is not ahead of it; otherwise it starts
-a new actor `<node>.<epoch>` from a durably reserved, never reused epoch counter (as Riak 2.0 does against
-"key amnesia").
+a new actor `<node>.<epoch>` (hex) from a never reused epoch counter (as Riak 2.0 does against "key amnesia").
+
+Incarnations. The epoch counter itself must never run twice over the same numbers for one node id, including
+across lives the store does not remember: a data directory lost or replaced, a joiner reusing a removed
+member's id, a store rolled back by a power loss. So a life continues its predecessor's counter only when
+that predecessor shut down cleanly and said where it stopped (`close`, a durable marker that `open` durably
+withdraws before anything is minted). Any other life (a store created empty, or not shut down cleanly)
+starts at a random 64-bit epoch: its range of at most 2^32 epochs overlaps another life's with probability
+below 2^-31 per pair of lives. The cost is the actor's length: up to 16 hex digits instead of a few
+(bench/context_sizes.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable
 
@@ -40,8 +49,8 @@ from ring.hashing import locate
 
 log = logging.getLogger(__name__)
 
-EPOCH_KEY = b"actor_epoch_reserved"
-EPOCH_BLOCK = 1_000_000_000
+CLEAN_KEY = b"actor_epoch_clean_stop"  # written by a clean stop: the next epoch; withdrawn at open
+EPOCH_BLOCK = 1 << 32  # epochs one life may mint (a life starting at random needs its range small)
 
 ChangeHook = Callable[[int, int, bytes, "bytes | None", "bytes | None"], None]
 
@@ -70,7 +79,7 @@ class KeyRef:
 
 
 class EpochAllocator:
-    """Hands out fresh actor epochs; blocks of them are reserved durably so a restart never reuses one."""
+    """Hands out the fresh actor epochs of one life: `start` onwards, below `reserved_until`."""
 
     def __init__(self, start: int, reserved_until: int) -> None:
         self.next = start
@@ -78,10 +87,15 @@ class EpochAllocator:
 
     def take(self) -> int:
         if self.next >= self.reserved_until:  # pragma: no cover - a billion fresh keys in one process lifetime
-            raise RuntimeError("actor epoch block exhausted; restart the node to reserve another")
+            raise RuntimeError("actor epoch block exhausted; restart the node to start another")
         e = self.next
         self.next += 1
         return e
+
+
+def fresh_incarnation() -> int:
+    """A random first epoch for a life that cannot know what earlier lives of its node id used."""
+    return secrets.randbits(64)
 
 
 class LocalReplica:
@@ -113,10 +127,16 @@ class LocalReplica:
 
     @classmethod
     async def open(cls, node_id: str, storage: Storage, **kw: int) -> LocalReplica:
-        raw = await storage.get("meta", EPOCH_KEY)
-        start = int(raw) if raw else 1
-        await storage.put("meta", EPOCH_KEY, str(start + EPOCH_BLOCK).encode(), durable=True)
+        """Open this node's replica under a new incarnation (module doc, "Incarnations")."""
+        raw = await storage.get("meta", CLEAN_KEY)
+        start = int(raw) if raw else fresh_incarnation()
+        if raw:  # withdrawn durably before anything is minted: a crash from here on must not reuse `start`
+            await storage.delete("meta", CLEAN_KEY, durable=True)
         return cls(node_id, storage, EpochAllocator(start, start + EPOCH_BLOCK), **kw)
+
+    async def close(self) -> None:
+        """A clean stop, before the storage closes: the next life may continue this one's epoch counter."""
+        await self.storage.put("meta", CLEAN_KEY, str(self.epochs.next).encode(), durable=True)
 
     def ref(self, key: bytes) -> KeyRef:
         return KeyRef.of(key, self.partitions, self.segments)

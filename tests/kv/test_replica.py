@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from dynamostore.kv import versioning as v
@@ -157,4 +158,50 @@ async def test_hint_records_of_one_key_by_target(tmp_path: Path) -> None:
     await r.coordinate(r.ref(b"other"), {}, b"x", "t", durable=False, hint_for="n5")
     got = await r.hint_records(ref, ["n3", "n4", "n5"])
     assert [t for t, _ in got] == ["n4"] and v.decode(got[0][1]).live[0].value == b"for n4"
+    await r.storage.close()
+
+
+async def test_a_store_created_empty_never_reuses_an_earlier_lifes_actor(tmp_path: Path) -> None:
+    """A node id whose data directory was lost (or a joiner reusing a removed member's id) starts empty: its
+    first dot must not be one the earlier life minted."""
+    old = await open_replica(tmp_path / "lost")
+    a = (await old.coordinate(old.ref(b"x"), {}, b"old", "t", durable=False)).siblings[0].dot
+    await old.storage.close()
+    new = await open_replica(tmp_path / "replacement")
+    b = (await new.coordinate(new.ref(b"x"), {}, b"new", "t", durable=False)).siblings[0].dot
+    assert a != b
+    assert len(v.sync(v.update(None, {}, a[0], b"old", "t", 1), v.update(None, {}, b[0], b"new", "t", 2)).live) == 2
+    await new.storage.close()
+
+
+async def test_a_store_rolled_back_by_a_power_loss_never_reuses_an_actor(tmp_path: Path) -> None:
+    """What a life recorded at open can be lost with its store's last transactions: the life after the
+    rollback must not mint what the lost life minted."""
+    r = await open_replica(tmp_path / "s")
+    await r.storage.close()  # not a clean stop (no replica.close): a crash
+    shutil.copytree(tmp_path / "s", tmp_path / "snapshot")
+    r = await open_replica(tmp_path / "s")
+    lost = (await r.coordinate(r.ref(b"x"), {}, b"1", "t", durable=False)).local_actor
+    await r.storage.close()
+    shutil.rmtree(tmp_path / "s")
+    shutil.copytree(tmp_path / "snapshot", tmp_path / "s")  # the power loss rolls the store back
+    r = await open_replica(tmp_path / "s")
+    after = (await r.coordinate(r.ref(b"x"), {}, b"2", "t", durable=False)).local_actor
+    assert lost != after
+    await r.storage.close()
+
+
+async def test_a_clean_stop_lets_the_next_life_continue_its_epochs_and_only_once(tmp_path: Path) -> None:
+    r = await open_replica(tmp_path / "s")
+    first = (await r.coordinate(r.ref(b"x"), {}, b"1", "t", durable=False)).local_actor
+    await r.close()
+    await r.storage.close()
+    r = await open_replica(tmp_path / "s")
+    second = (await r.coordinate(r.ref(b"y"), {}, b"2", "t", durable=False)).local_actor
+    assert first is not None and second is not None
+    assert int(second.split(".")[1], 16) == int(first.split(".")[1], 16) + 1  # compact: no new incarnation
+    await r.storage.close()  # a crash: the marker was withdrawn at open, so the next life starts afresh
+    r = await open_replica(tmp_path / "s")
+    third = (await r.coordinate(r.ref(b"z"), {}, b"3", "t", durable=False)).local_actor
+    assert third not in (first, second) and int(third.split(".")[1], 16) != int(second.split(".")[1], 16) + 1
     await r.storage.close()

@@ -54,3 +54,17 @@ async def test_a_delete_without_a_context_deletes_what_is_there(make_cluster: Ca
     # nothing there: 404, and nothing is written
     status, h, body = await c.delete("n2", "gone", {**ALL, "X-Read-Quorum": "all"})
     assert status == 404 and h["X-Deleted-Siblings"] == "0", (status, h, body)
+
+
+async def test_a_node_whose_data_was_wiped_never_reuses_a_dot(make_cluster: Callable[..., Any]) -> None:
+    c: Cluster = await make_cluster(3, QUIET)
+    assert (await c.put("n1", "k", b"old", ALL))[0] == 204
+    c.kill("n1")
+    shutil.rmtree(c.root / "n1")
+    c.start("n1")
+    await c.wait_healthy("n1")
+    for a, b in (("n1", "n2"), ("n1", "n3"), ("n2", "n1"), ("n3", "n1")):
+        await wait_for(lambda a=a, b=b: c.sees(a, b, True), 15, f"{a} to see {b} up")
+    # n1 holds nothing now: its blind write is concurrent with the old one, which n2 and n3 hold
+    assert (await c.put("n1", "k", b"new", ALL))[0] == 204
+    assert await values(c, "n2", "k") == (300, [b"new", b"old"])
