@@ -146,7 +146,7 @@ class LocalReplica:
         if current is not None and current.local_actor is not None:
             actor = current.local_actor
             mine = current.clock.get(actor, 0)
-            if context.get(actor, 0) <= mine and all(n <= mine for a, n in dots if a == actor):
+            if context.get(actor, 0) <= mine and (not dots or all(n <= mine for a, n in dots if a == actor)):
                 return actor
         return f"{self.node_id}.{self.epochs.take():x}"
 

@@ -29,18 +29,29 @@ async def values(c: Cluster, via: str, key: str) -> tuple[int, list[bytes]]:
 
 
 async def test_a_writes_context_never_drops_a_sibling_its_writer_did_not_read(make_cluster: Callable[..., Any]) -> None:
-    c: Cluster = await make_cluster(3, QUIET)
-    assert (await c.put("n1", "cart", b"alice", ALL))[0] == 204
-    status, h, _ = await c.put("n1", "cart", b"bob", ALL)
-    assert status == 204
-    # bob's writer keeps "the last context it saw", its own write's, and writes again
-    assert (await c.put("n1", "cart", b"bob-v2", {**ALL, "X-Context": h["X-Context"]}))[0] == 204
-    assert await values(c, "n2", "cart") == (300, [b"alice", b"bob-v2"])
-    # returnbody answers with the merged state and a context covering all of it, as before
-    status, h, body = await c.put("n1", "cart", b"both", {**ALL, "Accept": "application/json"}, returnbody="true")
-    assert status == 300 and len(json.loads(body)["siblings"]) == 3
-    assert (await c.put("n1", "cart", b"merged", {**ALL, "X-Context": h["X-Context"]}))[0] == 204
-    assert await values(c, "n3", "cart") == (200, [b"merged"])
+    """Four nodes, N=3: through n1, one key's writes are coordinated by n1 and another's are forwarded to a
+    primary (the context's dot cloud then crosses kv.coord_put)."""
+    c: Cluster = await make_cluster(4, QUIET)
+    seen = set()
+    for i in range(40):
+        key = f"cart{i}"
+        status, h, _ = await c.put("n1", key, b"alice", ALL)
+        assert status == 204
+        forwarded = h["X-Coordinator"] != "n1"
+        if forwarded in seen:
+            continue
+        seen.add(forwarded)
+        status, h, _ = await c.put("n1", key, b"bob", ALL)
+        assert status == 204
+        # bob's writer keeps "the last context it saw", its own write's, and writes again
+        assert (await c.put("n1", key, b"bob-v2", {**ALL, "X-Context": h["X-Context"]}))[0] == 204
+        assert await values(c, "n2", key) == (300, [b"alice", b"bob-v2"]), forwarded
+        # returnbody answers with the merged state and a context covering all of it, as before
+        status, h, body = await c.put("n1", key, b"both", {**ALL, "Accept": "application/json"}, returnbody="true")
+        assert status == 300 and len(json.loads(body)["siblings"]) == 3
+        assert (await c.put("n1", key, b"merged", {**ALL, "X-Context": h["X-Context"]}))[0] == 204
+        assert await values(c, "n3", key) == (200, [b"merged"])
+    assert seen == {True, False}
 
 
 async def test_a_delete_without_a_context_deletes_what_is_there(make_cluster: Callable[..., Any]) -> None:
