@@ -15,7 +15,7 @@ import pytest
 from dynamostore.kv import versioning as v
 from dynamostore.kv.coordinator import Coordinator, ReadOptions, Unavailable, WriteOptions
 from dynamostore.kv.replica import LocalReplica, SiblingLimitError
-from dynamostore.net.rpc import RpcUnavailable
+from dynamostore.net.rpc import RpcRemoteError, RpcUnavailable
 from dynamostore.outcome import Then, then_from
 from dynamostore.storage.store import Storage
 from ring.placement import Ring, initial_ring
@@ -275,3 +275,35 @@ async def test_w0_answers_once_the_local_write_is_committed_without_waiting_for_
                                                                             timeout=5.0)), 5)
     assert res.acks == 1 and [s.value for s in res.state.live] == [b"v"]
     assert len(peers.calls) == 2 and not any(c.future.done() for c in peers.calls)  # sent, not waited for
+
+
+@dataclass
+class OldReleasePeers(Peers):
+    """Peers of the previous release: kv.coord_put takes exactly five elements (no dot cloud)."""
+
+    forwarded: list[list[Any]] = field(default_factory=list)
+
+    async def call(self, node: str, method: str, payload: Any, timeout: float) -> Any:
+        assert method == "kv.coord_put"
+        self.forwarded.append(payload)
+        if len(payload) != 5:
+            raise RpcRemoteError("bad_request", "kv.coord_put payload: too many values to unpack (expected 5)")
+        ctx = dict(payload[3])
+        state = v.update(None, ctx, "n2.9", payload[1], payload[2], 1)
+        return [node, 2, 0, 0, v.encode(v.VersionSet(state.clock, state.siblings, "n2.9"))]
+
+
+async def test_a_forwarded_write_sends_its_context_cloud_and_falls_back_to_the_vector_for_an_old_release(
+    tmp_path: Path,
+) -> None:
+    storage = await Storage.open(tmp_path / "s")
+    replica = await LocalReplica.open("n1", storage, partitions=8, segments=16, max_siblings=8, warn_siblings=8)
+    peers = OldReleasePeers()
+    coord = Coordinator(peers, replica)
+    key = next(k for k in (b"k%d" % i for i in range(1000))
+               if "n1" not in peers.ring.preference_list(replica.ref(k).partition, 3)[0])
+    res = await coord.put(key, b"v", "t", {"a.1": 2}, W2, (("b.1", 4),))
+    first, second = peers.forwarded
+    assert first[5] == [["b.1", 4]] and len(second) == 5 and second[:4] == first[:4]  # the cloud, then without
+    assert v.minted_dot(res.state) == ("n2.9", 1)  # the forwarded answer names the write's dot
+    await storage.close()
