@@ -7,8 +7,8 @@ Pure computation over the versioning core and the context codec, no cluster: the
 a write's answer, for the actor names of each scheme:
   before: `n1.<epoch>` with the epoch counter from 1 (a store's first life) or, after a restart, from
           the next reserved block of 10^9 (`n1.3b9aca01`);
-  after:  a clean restart continues as before; a store created empty or not shut down cleanly starts at a
-          random 64-bit epoch (`n1.` + up to 16 hex digits; 15.9 on average).
+  after:  every start of a node takes a random 64-bit first epoch (`n1.` + up to 16 hex digits; 15.9 on
+          average).
 A write's answer is a plain vector when the writer's context was current (the careful writer's case) and
 holds one cloud dot otherwise (e.g. a blind write to a key that has values already).
 """

@@ -292,7 +292,6 @@ class Node:
         await self.tasks.stop()
         await self.rpc_client.close()
         self.stop_step = "storage"
-        await self.replica.close()  # a clean stop: the next start may continue its actor epochs
         await self.storage.close()
         self.stop_step = "stopped"
         log.info("node %s stopped", self.node_id)

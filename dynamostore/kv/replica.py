@@ -24,12 +24,12 @@ continues that actor only there, and only if the client's context is not ahead o
 a new actor `<node>.<epoch>` (hex) from a never reused epoch counter (as Riak 2.0 does against "key amnesia").
 
 Incarnations. The epoch counter itself must never run twice over the same numbers for one node id, including
-across lives the store does not remember: a data directory lost or replaced, a joiner reusing a removed
-member's id, a store rolled back by a power loss. So a life continues its predecessor's counter only when
-that predecessor shut down cleanly and said where it stopped (`close`, a durable marker that `open` durably
-withdraws before anything is minted). Any other life (a store created empty, or not shut down cleanly)
-starts at a random 64-bit epoch: its range of at most 2^32 epochs overlaps another life's with probability
-below 2^-31 per pair of lives. The cost is the actor's length: up to 16 hex digits instead of a few
+across lives the store does not remember: a data directory lost or replaced (or restored from a copy), a
+joiner reusing a removed member's id, a store rolled back by a power loss. Nothing stored can prove it was
+not rolled back, so every life (every `open`) starts at a random 64-bit epoch: its range of at most 2^32
+epochs overlaps another life's with probability below 2^-31 per pair of lives. Continuing the previous
+life's counter after a clean stop would save nothing: once a store's first life started at random, the
+numbers are as long. The cost is the actor's length, up to 16 hex digits instead of a few
 (bench/context_sizes.py).
 """
 
@@ -49,7 +49,6 @@ from ring.hashing import locate
 
 log = logging.getLogger(__name__)
 
-CLEAN_KEY = b"actor_epoch_clean_stop"  # written by a clean stop: the next epoch; withdrawn at open
 EPOCH_BLOCK = 1 << 32  # epochs one life may mint (a life starting at random needs its range small)
 
 ChangeHook = Callable[[int, int, bytes, "bytes | None", "bytes | None"], None]
@@ -94,7 +93,7 @@ class EpochAllocator:
 
 
 def fresh_incarnation() -> int:
-    """A random first epoch for a life that cannot know what earlier lives of its node id used."""
+    """A random first epoch: a life cannot know what earlier lives of its node id used."""
     return secrets.randbits(64)
 
 
@@ -128,15 +127,8 @@ class LocalReplica:
     @classmethod
     async def open(cls, node_id: str, storage: Storage, **kw: int) -> LocalReplica:
         """Open this node's replica under a new incarnation (module doc, "Incarnations")."""
-        raw = await storage.get("meta", CLEAN_KEY)
-        start = int(raw) if raw else fresh_incarnation()
-        if raw:  # withdrawn durably before anything is minted: a crash from here on must not reuse `start`
-            await storage.delete("meta", CLEAN_KEY, durable=True)
+        start = fresh_incarnation()
         return cls(node_id, storage, EpochAllocator(start, start + EPOCH_BLOCK), **kw)
-
-    async def close(self) -> None:
-        """A clean stop, before the storage closes: the next life may continue this one's epoch counter."""
-        await self.storage.put("meta", CLEAN_KEY, str(self.epochs.next).encode(), durable=True)
 
     def ref(self, key: bytes) -> KeyRef:
         return KeyRef.of(key, self.partitions, self.segments)
