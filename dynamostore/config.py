@@ -111,6 +111,12 @@ class TransferSettings(_Strict):
 
 class StorageSettings(_Strict):
     map_size_gb: int = Field(default=64, ge=1, description="LMDB map size (virtual; sparse on disk)")
+    lmdb_sync: Literal["nometasync", "nosync"] = Field(
+        default="nometasync",
+        description="nometasync: every commit is fdatasync()ed (in a writer thread) and the store survives power "
+        "loss intact, at worst without its last transaction(s); nosync: commits only reach the page cache (on "
+        "the event loop, faster) and an OS crash or power loss may corrupt the store (docs/storage.md)",
+    )
 
 
 class SecuritySettings(_Strict):

@@ -184,7 +184,8 @@ class Node:
         me = cfg.me
         f = cfg.file
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = await Storage.open(cfg.data_dir / "store", map_size=f.storage.map_size_gb << 30)
+        self.storage = await Storage.open(cfg.data_dir / "store", map_size=f.storage.map_size_gb << 30,
+                                          lmdb_sync=f.storage.lmdb_sync)
         self.replica = await LocalReplica.open(
             self.node_id,
             self.storage,

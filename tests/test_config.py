@@ -63,3 +63,11 @@ def test_cluster_file_keeps_secret_and_partitions_on_restart(tmp_path: Path) -> 
     settings.write_text("[quorum]\nbogus = 1\n")
     with pytest.raises(ConfigError, match="quorum.bogus"):
         write_cluster_file(tmp_path / "e", 3, 20001, settings)
+
+
+def test_storage_lmdb_sync_defaults_to_the_power_loss_safe_mode_and_refuses_unknown_modes() -> None:
+    assert NodeSettings().storage.lmdb_sync == "nometasync"
+    assert parse_settings({"storage": {"lmdb_sync": "nosync"}}, "s.toml").storage.lmdb_sync == "nosync"
+    with pytest.raises(ConfigError) as e:
+        parse_settings({"storage": {"lmdb_sync": "fast"}}, "s.toml")
+    assert "storage.lmdb_sync" in str(e.value) and "'nometasync' or 'nosync'" in str(e.value)

@@ -110,7 +110,7 @@ class BatchOp(Protocol):
 class Committer:
     """Applies a batch of ops in ONE write transaction; keeps the write counters and the commit/sync sequence.
 
-    `apply` is called by one thread at a time (the facade's event loop); `sync` and
+    `apply` is called by one thread at a time (the event loop, or the writer thread); `sync` and
     `unsynced` may be used from other threads (syncer, fsync) concurrently with commits.
     """
 

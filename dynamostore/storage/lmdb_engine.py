@@ -1,27 +1,39 @@
 """LMDB engine: one environment per data directory, one named sub-database per namespace.
 
-The environment is opened with MDB_NOSYNC: a commit writes its pages with pwrite() into the page cache, which
-survives `kill -9` of the process, but is not fsynced. A durable transaction (`begin(durable=True)`) and the
-periodic `sync()` call mdb_env_sync(force) to put everything committed so far on disk. (LMDB documents that an
-OS crash under NOSYNC may lose or corrupt the unsynced tail; the periodic sync bounds that window.)
+Two sync modes (`LmdbSync`, `[storage] lmdb_sync`):
+
+* `"nometasync"` (the default; LMDB's MDB_NOMETASYNC): every commit fdatasync()s the pages it wrote, and the
+  meta page that points to them is flushed by the next commit or `sync()`. LMDB documents this mode as keeping
+  the environment intact across an OS crash or power loss: at worst the last committed transaction(s) are
+  undone. A commit therefore waits for the disk, so the facade runs commits in its writer thread
+  (`writes_on_loop` is False) and group-commits what queues up meanwhile.
+* `"nosync"` (MDB_NOSYNC, the old fast mode): a commit is pwrite()s into the page cache, which survives
+  `kill -9` of the process but not an OS crash; LMDB documents that an OS crash in this mode may corrupt the
+  environment, not just lose its tail. Commits take microseconds, so the facade commits on the loop.
+
+In both modes a durable write and the periodic background sync call mdb_env_sync(force): everything committed
+so far, meta page included, is on disk when it returns.
 
 Reads are MVCC snapshots that never wait on the writer and cost ~3 us (measured in docs/storage.md), so
-`reads_on_loop` is True. A commit without fsync is a few pwrite()s into the page cache (with writemap, just
-the meta page), so `writes_on_loop` is True too: the facade commits batches on the loop and fsyncs in a
-thread. writemap is off by default: with it a full disk turns into SIGBUS on a page fault instead of an error
-from write(), and a stray pointer write could scribble on the map (measured trade-off in docs/storage.md).
+`reads_on_loop` is True. writemap is off by default: with it a full disk turns into SIGBUS on a page fault
+instead of an error from write(), and a stray pointer write could scribble on the map (measured trade-off in
+docs/storage.md).
 """
 
 from __future__ import annotations
 
 import pathlib
-from typing import Final
+from typing import Final, Literal, get_args
 
 import lmdb
 
 from .engine import NAMESPACES, Namespace, disk_bytes, prefix_end, scan_start
 
 _MAX_READERS: Final = 256
+
+LmdbSync = Literal["nometasync", "nosync"]
+LMDB_SYNC_MODES: Final[tuple[str, ...]] = get_args(LmdbSync)
+DEFAULT_LMDB_SYNC: Final[LmdbSync] = "nometasync"   # LMDB documents it as safe across power loss
 
 
 class LmdbWriteTxn:
@@ -43,9 +55,9 @@ class LmdbWriteTxn:
         self._txn.delete(key, db=self._engine.dbs[ns])
 
     def commit(self) -> None:
-        self._txn.commit()
+        self._txn.commit()              # nometasync: fdatasync()s the transaction's pages before returning
         if self._durable:
-            self._engine.sync()
+            self._engine.sync()         # and the meta page pointing to them
 
     def abort(self) -> None:
         self._txn.abort()
@@ -54,13 +66,20 @@ class LmdbWriteTxn:
 class LmdbEngine:
     name = "lmdb"
     reads_on_loop = True
-    writes_on_loop = True   # a NOSYNC commit is pwrite()s into the page cache: tens of us per batch
 
-    def __init__(self, path: pathlib.Path, *, map_size: int, writemap: bool = False) -> None:
+    def __init__(self, path: pathlib.Path, *, map_size: int, writemap: bool = False,
+                 sync_mode: LmdbSync = DEFAULT_LMDB_SYNC) -> None:
+        if sync_mode not in LMDB_SYNC_MODES:
+            raise ValueError(f"unknown LMDB sync mode {sync_mode!r}; expected one of {LMDB_SYNC_MODES}")
         self.path = path
+        self.sync_mode = sync_mode
+        # nosync: a commit is pwrite()s into the page cache (tens of us per batch), fine on the loop;
+        # nometasync: a commit waits for fdatasync(), so it belongs in a thread.
+        self.writes_on_loop = sync_mode == "nosync"
         self.env = lmdb.open(
             str(path), map_size=map_size, subdir=True, max_dbs=len(NAMESPACES), max_readers=_MAX_READERS,
-            sync=False, metasync=False, writemap=writemap, readahead=False, meminit=False, lock=True,
+            sync=sync_mode == "nometasync", metasync=False, writemap=writemap, readahead=False, meminit=False,
+            lock=True,
         )
         try:
             self.env.reader_check()     # free reader slots left by a process that was killed mid-read

@@ -4,12 +4,16 @@ Layout and guarantees (details and measurements in docs/storage.md):
 
 * Three namespaces (`data`, `hints`, `meta`), isolated from each other. Data keys are
   `data_key(partition, segment, key)` so one partition, or one Merkle segment of it, is a contiguous range.
-* Writes are group-committed on the event loop (`Committer`, storage/engine.py): the first op queued in a loop
-  iteration schedules one flush with call_soon; the flush commits every op queued meanwhile (op order kept,
-  `max_batch` ops at most) in ONE LMDB transaction without fsync (a few pwrite()s into the page cache) and
-  resolves the futures directly: no thread hop per write. Durable ops then wait for an fsync run in a thread
-  (one in flight; durable ops committed meanwhile share the next one). The loop never fsyncs.
-  A commit is written to the page cache before any future is resolved, so an acknowledged write survives
+* Writes are group-committed (`Committer`, storage/engine.py: every op queued meanwhile, in order, up to
+  `max_batch`, in ONE LMDB transaction). The driver follows LMDB's sync mode (`lmdb_sync`, lmdb_engine.py):
+  - `"nometasync"` (default, safe across power loss): each commit fdatasync()s, so commits run in ONE writer
+    thread; ops queued while it waits for the disk form the next batch. The thread fsyncs once more (the meta
+    page) after a batch holding durable ops, then resolves the batch on the loop with one call_soon_threadsafe.
+  - `"nosync"` (the old fast mode): commits are pwrite()s into the page cache, run on the event loop itself:
+    the first op queued in a loop iteration schedules one flush with call_soon, which commits and resolves
+    the futures directly (no thread hop per write). Durable ops then wait for an fsync run in a thread (one
+    in flight; durable ops committed meanwhile share the next one). The loop never fsyncs.
+  A commit is in the page cache (or on disk) before any future is resolved, so an acknowledged write survives
   `kill -9`; a durable one (resolved after its fsync) also survives power loss. Everything committed is also
   fsynced every `sync_interval` seconds (by a syncer thread, so a big flush never stalls writes) and on close().
 * Point reads answer in ~3 us from an LMDB MVCC snapshot that never waits on the writer, so `get` runs on the
@@ -31,6 +35,7 @@ import functools
 import logging
 import os
 import pathlib
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,10 +46,11 @@ import lmdb
 from .engine import (
     MAX_KEY_SIZE, NAMESPACES, Committer, Engine, Namespace, StorageError, batch_error,
 )
-from .lmdb_engine import LmdbEngine
+from .lmdb_engine import DEFAULT_LMDB_SYNC, LMDB_SYNC_MODES, LmdbEngine, LmdbSync
 
 __all__ = [
-    "DEFAULT_ENGINE", "MAX_KEY_SIZE", "EngineName", "Namespace", "Storage", "StorageError",
+    "DEFAULT_ENGINE", "DEFAULT_LMDB_SYNC", "LMDB_SYNC_MODES", "MAX_KEY_SIZE", "EngineName", "LmdbSync",
+    "Namespace", "Storage", "StorageError",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,7 @@ DEFAULT_ENGINE: Final[EngineName] = "lmdb"   # chosen by measurement: docs/stora
 # Ops per commit on the loop. One flush holds the loop ~7 us per op at 10k keys, ~12 us at 200k; 64 ops cost no
 # throughput against 256 (bench/storage_loop.py --max-batch, docs/storage.md) and keep a flush under ~1 ms.
 LOOP_MAX_BATCH: Final = 64
+THREAD_MAX_BATCH: Final = 1024   # ops per commit in the writer thread (it does not hold the loop)
 
 T = TypeVar("T")
 UpdateFn = Callable[[bytes | None], tuple[bytes | None, T]]
@@ -94,6 +101,24 @@ def _committed(ops: Sequence[_Op], outcomes: Sequence[tuple[bool, Any]]) -> None
                 log.exception("storage on_commit hook failed")
 
 
+def _hooks_then_settle(ops: Sequence[_Op], outcomes: list[tuple[bool, Any]], sync_error: BaseException | None
+                       ) -> None:
+    """Runs on the loop after the writer thread committed a batch (and fsynced it if it held durable ops):
+    on_commit hooks first, then the futures. A failed fsync fails exactly the durable ops (outcome unknown)."""
+    _committed(ops, outcomes)
+    settled: list[_Outcome] = []
+    n_durable = sum(1 for op, (ok, _) in zip(ops, outcomes) if ok and op.durable)
+    for op, (ok, value) in zip(ops, outcomes):
+        if ok and op.durable and sync_error is not None:
+            settled.append((op.future, False, batch_error(sync_error, n_durable, True)))
+        else:
+            settled.append((op.future, ok, value))
+    _settle(settled)
+
+
+_STOP: Final = object()
+
+
 def _settle(outcomes: list[_Outcome]) -> None:
     """Runs on the loop: hand each op its result (skipping callers that gave up waiting)."""
     for fut, ok, value in outcomes:
@@ -120,8 +145,116 @@ def _refused(broken: BaseException | None) -> StorageError:
     return StorageError("storage is closed" if broken is None else f"storage writer failed: {broken!r}")
 
 
+class _ThreadWriter:
+    """Group commit in ONE writer thread, for commits that wait for the disk (LMDB in nometasync mode: each
+    commit fdatasync()s). The thread takes every queued op (up to `max_batch`) into one transaction, commits,
+    fsyncs once more if the batch holds durable ops (the meta page: LMDB defers it to the next commit), and
+    resolves the batch's futures on the loop with one call_soon_threadsafe (on_commit hooks first). Ops queued
+    while it waits for the disk form the next batch: that is the group commit.
+
+    The ops' fns run in this thread (they must not touch loop-only state). An engine failure fails its batch
+    and the thread carries on; if the thread itself dies, every queued op fails and later ones are refused.
+    """
+
+    def __init__(self, committer: Committer, loop: asyncio.AbstractEventLoop, *, max_batch: int) -> None:
+        self.committer = committer
+        self.loop = loop
+        self.max_batch = max_batch
+        self.queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
+        # Guards the closed/broken decision against enqueueing, so no op can slip in after the final drain.
+        self.gate = threading.Lock()
+        self.accepting = True
+        self.broken: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"storage-writer-{committer.engine.name}",
+                                       daemon=True)
+        self.thread.start()
+
+    def submit(self, op: _Op) -> None:
+        with self.gate:
+            if not self.accepting:
+                raise _refused(self.broken)
+            self.queue.put(op)
+
+    def stop(self) -> None:
+        with self.gate:
+            if self.accepting:
+                self.accepting = False
+                self.queue.put(_STOP)
+
+    async def finish(self) -> None:
+        """After stop(): wait until every queued op is applied and the final fsync is done."""
+        await asyncio.to_thread(self.thread.join)
+
+    def depth(self) -> tuple[int, int]:
+        return self.queue.qsize(), 0
+
+    def _run(self) -> None:
+        inflight: list[_Op] = []
+        try:
+            stop = False
+            while not stop:
+                first = self.queue.get()
+                stop = first is _STOP
+                inflight = [] if stop else [cast(_Op, first)]
+                while not stop and len(inflight) < self.max_batch:
+                    try:
+                        item = self.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                    else:
+                        inflight.append(cast(_Op, item))
+                if inflight:
+                    self._commit(inflight)
+                inflight = []
+            _final_sync(self.committer)     # a clean close leaves everything on disk
+        except BaseException as exc:  # the writer must never die silently
+            log.exception("storage writer thread died")
+            with self.gate:
+                self.accepting = False
+                self.broken = exc
+            pending = inflight + self._drain()
+            self._resolve([(op.future, False, StorageError(f"storage writer failed: {exc!r}")) for op in pending])
+
+    def _commit(self, ops: list[_Op]) -> None:
+        committer = self.committer
+        outcomes = committer.apply(ops, fsync=False)
+        sync_error: BaseException | None = None
+        if any(ok and op.durable for op, (ok, _) in zip(ops, outcomes)):
+            try:
+                committer.sync()
+                committer.counters["fsyncs"] += 1
+            except Exception as exc:  # noqa: BLE001 - fails the durable ops of the batch, the thread carries on
+                log.error("storage fsync of a durable batch failed: %r", exc)
+                committer.counters["batch_errors"] += 1
+                sync_error = exc
+        try:
+            self.loop.call_soon_threadsafe(_hooks_then_settle, ops, outcomes, sync_error)
+        except RuntimeError:    # the loop is closed: nobody is left waiting for these
+            pass
+
+    def _drain(self) -> list[_Op]:
+        out: list[_Op] = []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return out
+            if item is not _STOP:
+                out.append(cast(_Op, item))
+
+    def _resolve(self, outcomes: list[_Outcome]) -> None:
+        if not outcomes:
+            return
+        try:
+            self.loop.call_soon_threadsafe(_settle, outcomes)
+        except RuntimeError:    # the loop is closed: nobody is left waiting for these
+            pass
+
+
 class _LoopWriter:
-    """Group commit driven by the event loop: no thread hop per write.
+    """Group commit driven by the event loop (LMDB in nosync mode): no thread hop per write.
 
     The first op queued in a loop iteration schedules one `flush` with call_soon; when it runs, every op queued
     meanwhile is waiting, and up to `max_batch` of them commit in one transaction on the loop itself (LMDB with
@@ -271,14 +404,17 @@ class Storage:
 
     def __init__(self, engine: Engine, lock_fd: int, loop: asyncio.AbstractEventLoop, *, max_batch: int,
                  sync_interval: float | None, read_threads: int) -> None:
-        if not (engine.writes_on_loop and engine.reads_on_loop):
-            # The facade commits and point-reads on the loop; an engine that may block there does not fit it.
-            raise ValueError(f"the {engine.name} engine cannot commit and read on the event loop")
+        if not engine.reads_on_loop:
+            # Point reads run on the loop (get_nowait); an engine whose reads may block does not fit.
+            raise ValueError(f"the {engine.name} engine cannot read on the event loop")
         self._engine = engine
         self._lock_fd = lock_fd
         self._loop = loop
         self._committer = Committer(engine)
-        self._writer = _LoopWriter(self._committer, loop, max_batch=max_batch)
+        # Commits that take microseconds run on the loop; commits that wait for the disk, in a writer thread.
+        self._writer: _LoopWriter | _ThreadWriter = (
+            _LoopWriter(self._committer, loop, max_batch=max_batch) if engine.writes_on_loop
+            else _ThreadWriter(self._committer, loop, max_batch=max_batch))
         self._syncer = _Syncer(self._committer, sync_interval) if sync_interval else None
         self._readers = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="storage-read")
         self._closed = False
@@ -287,21 +423,27 @@ class Storage:
     @classmethod
     async def open(cls, path: pathlib.Path, *, map_size: int = 64 << 30, engine: EngineName | None = None,
                    sync_interval: float | None = 1.0, max_batch: int | None = None, read_threads: int = 2,
-                   lmdb_writemap: bool = False) -> Storage:
+                   lmdb_writemap: bool = False, lmdb_sync: LmdbSync = DEFAULT_LMDB_SYNC) -> Storage:
         """Open (creating if needed) the store in directory `path`.
 
         `engine` is the one LMDB engine (a directory recorded with another one is refused). `map_size` is LMDB's
         virtual map (sparse; grows the file only as used). `sync_interval` seconds between background fsyncs
         of non-durable commits (None or 0: only durable writes and close() fsync). `max_batch` caps ops per
-        commit (default LOOP_MAX_BATCH). `lmdb_writemap` trades safety for write speed (docs/storage.md): a
-        full disk then kills the process.
+        commit (default LOOP_MAX_BATCH on the loop, THREAD_MAX_BATCH in the writer thread). `lmdb_writemap`
+        trades safety for write speed (docs/storage.md): a full disk then kills the process. `lmdb_sync`:
+        "nometasync" (default: the store survives power loss intact, commits run in a writer thread) or
+        "nosync" (faster, commits on the loop; an OS crash may corrupt the store), see lmdb_engine.py.
         """
         if (max_batch is not None and max_batch < 1) or read_threads < 1:
             raise ValueError("max_batch and read_threads must be >= 1")
+        if lmdb_sync not in LMDB_SYNC_MODES:
+            raise ValueError(f"unknown lmdb_sync {lmdb_sync!r}; expected one of {LMDB_SYNC_MODES}")
         loop = asyncio.get_running_loop()
-        eng, lock_fd = await asyncio.to_thread(_open_engine, pathlib.Path(path), engine, map_size, lmdb_writemap)
+        eng, lock_fd = await asyncio.to_thread(_open_engine, pathlib.Path(path), engine, map_size, lmdb_writemap,
+                                               lmdb_sync)
         try:
-            return cls(eng, lock_fd, loop, max_batch=max_batch or LOOP_MAX_BATCH, sync_interval=sync_interval,
+            batch = max_batch or (LOOP_MAX_BATCH if eng.writes_on_loop else THREAD_MAX_BATCH)
+            return cls(eng, lock_fd, loop, max_batch=batch, sync_interval=sync_interval,
                        read_threads=read_threads)
         except BaseException:
             await asyncio.to_thread(_close_engine, eng, lock_fd)
@@ -310,6 +452,12 @@ class Storage:
     @property
     def engine_name(self) -> str:
         return self._engine.name
+
+    @property
+    def writes_on_loop(self) -> bool:
+        """True when commits run on the event loop (nosync); False when in the writer thread (nometasync), where
+        update fns then run too."""
+        return isinstance(self._writer, _LoopWriter)
 
     async def __aenter__(self) -> Storage:
         return self
@@ -325,8 +473,8 @@ class Storage:
 
         Use as `await storage.update(...)`. The op is queued by this call (so ops on one key apply in call
         order); the returned future resolves once it is committed (and fsynced if `durable`). Cancelling the
-        future abandons the wait, not the write. fn runs inside the batch transaction, on the loop, and sees
-        earlier ops of the same batch: it must be quick,
+        future abandons the wait, not the write. fn runs inside the batch transaction (on the loop or in the
+        writer thread: `writes_on_loop`) and sees earlier ops of the same batch: it must be quick,
         must not block, and must not call Storage. Returning None as the value deletes the record. If fn
         raises, this op fails with that exception and nothing is written for it. Bad arguments raise here;
         after close() this raises StorageError.
@@ -446,7 +594,7 @@ def _close_engine(engine: Engine, lock_fd: int) -> None:
 
 
 def _open_engine(path: pathlib.Path, engine: EngineName | None, map_size: int,
-                 writemap: bool) -> tuple[Engine, int]:
+                 writemap: bool, sync_mode: LmdbSync = DEFAULT_LMDB_SYNC) -> tuple[Engine, int]:
     """Blocking part of Storage.open: lock the directory, agree on the engine, open it."""
     if engine is not None and engine not in get_args(EngineName):
         raise ValueError(f"unknown engine {engine!r}; expected one of {get_args(EngineName)}")
@@ -459,7 +607,7 @@ def _open_engine(path: pathlib.Path, engine: EngineName | None, map_size: int,
             raise StorageError(f"{path} is already open by another Storage (in this or another process)") from None
         name = _engine_marker(path, engine)
         try:
-            eng: Engine = LmdbEngine(path, map_size=map_size, writemap=writemap)
+            eng: Engine = LmdbEngine(path, map_size=map_size, writemap=writemap, sync_mode=sync_mode)
         except _ENGINE_ERRORS as exc:
             raise StorageError(f"cannot open {name} store in {path}: {exc!r}") from exc
     except BaseException:

@@ -16,25 +16,38 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynamostore.storage.keys import data_key, partition_prefix, segment_prefix, split_data_key
-from dynamostore.storage.store import MAX_KEY_SIZE, Storage, StorageError
+from dynamostore.storage.store import LMDB_SYNC_MODES, MAX_KEY_SIZE, LmdbSync, Storage, StorageError
+from tests.storage.gates import WriterGate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEADLINE = 20.0   # seconds; generous upper bound for waits on conditions, never a sleep
 
 
-@pytest.fixture
-async def store(tmp_path: pathlib.Path) -> AsyncIterator[Storage]:
-    s = await Storage.open(tmp_path / "db")
+@pytest.fixture(params=LMDB_SYNC_MODES)
+async def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Storage]:
+    """Both drivers: the writer thread (nometasync, the default) and group commit on the loop (nosync)."""
+    s = await Storage.open(tmp_path / "db", lmdb_sync=request.param)
     yield s
     await s.close()
 
 
 @contextlib.asynccontextmanager
 async def writer_held(s: Storage) -> AsyncIterator[None]:
-    """No batch is applied inside the block, so the ops queued there form one batch after it: group commit runs
-    on the loop, and nothing is committed until the loop runs the flush, so the block must simply not yield
-    before its ops are queued."""
-    yield
+    """No batch is applied inside the block, so the ops queued there form one batch after it.
+
+    Writer thread (nometasync): the thread is held inside a gate op. Loop driver (nosync): nothing is committed
+    until the loop runs the flush, so the block must simply not yield before its ops are queued.
+    """
+    if s.writes_on_loop:
+        yield
+        return
+    gate = WriterGate()
+    held = await gate.hold(s)
+    try:
+        yield
+    finally:
+        gate.release.set()
+        await held
 
 
 # ------------------------------------------------------------------------------------------ key helpers
@@ -233,8 +246,9 @@ async def test_cancelled_caller_does_not_cancel_the_write(store: Storage) -> Non
     assert await store.get("data", b"k2") == b"v2"
 
 
-async def test_engine_failure_fails_the_batch_then_recovers(tmp_path: pathlib.Path) -> None:
-    s = await Storage.open(tmp_path / "small", engine="lmdb", map_size=1 << 20)
+@pytest.mark.parametrize("sync_mode", LMDB_SYNC_MODES)
+async def test_engine_failure_fails_the_batch_then_recovers(tmp_path: pathlib.Path, sync_mode: LmdbSync) -> None:
+    s = await Storage.open(tmp_path / "small", engine="lmdb", map_size=1 << 20, lmdb_sync=sync_mode)
     try:
         with pytest.raises(StorageError, match="MapFull"):
             await s.put("data", b"huge", b"x" * (2 << 20))
@@ -262,8 +276,9 @@ def test_stats_has_the_metrics_fields(tmp_path: pathlib.Path) -> None:
 
 # ------------------------------------------------------------------------------- lifecycle and reopen
 
-async def test_close_finishes_queued_ops_and_rejects_new_ones(tmp_path: pathlib.Path) -> None:
-    s = await Storage.open(tmp_path / "db")
+@pytest.mark.parametrize("sync_mode", LMDB_SYNC_MODES)
+async def test_close_finishes_queued_ops_and_rejects_new_ones(tmp_path: pathlib.Path, sync_mode: LmdbSync) -> None:
+    s = await Storage.open(tmp_path / "db", lmdb_sync=sync_mode)
     async with writer_held(s):
         pending = [s.update("data", b"k%d" % i, lambda _c: (b"v", None)) for i in range(600)]
         closing = asyncio.ensure_future(s.close())
@@ -355,8 +370,9 @@ CHILD = """
 import asyncio, pathlib, sys
 from dynamostore.storage.store import Storage
 
-async def main(path, engine, writemap):
-    s = await Storage.open(pathlib.Path(path), engine=engine, lmdb_writemap=writemap == "writemap")
+async def main(path, engine, mode):
+    s = await Storage.open(pathlib.Path(path), engine=engine, lmdb_writemap=mode == "writemap",
+                           lmdb_sync="nosync" if mode == "nosync" else "nometasync")
     async def writer(w):
         i = 0
         while True:
@@ -371,7 +387,7 @@ asyncio.run(main(*sys.argv[1:4]))
 """
 
 
-@pytest.mark.parametrize(("engine", "mode"), [("lmdb", "default"), ("lmdb", "writemap")])
+@pytest.mark.parametrize(("engine", "mode"), [("lmdb", "default"), ("lmdb", "writemap"), ("lmdb", "nosync")])
 async def test_acked_writes_survive_kill_9(tmp_path: pathlib.Path, engine: str, mode: str) -> None:
     path = tmp_path / "db"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -1,18 +1,23 @@
-"""Tests for the loop-driven group commit of dynamostore.storage (LMDB: commits on the event loop, fsyncs in a
-thread) and the no-coroutine hot path (`update` returns a Future, `get_nowait`)."""
+"""Tests for the loop-driven group commit of dynamostore.storage (LMDB in nosync mode: commits on the event loop,
+fsyncs in a thread) and the no-coroutine hot path (`update` returns a Future, `get_nowait`). The writer thread of
+the default nometasync mode: test_storage_modes.py."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import pathlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Final
 
 import pytest
 
 from dynamostore.storage.store import LOOP_MAX_BATCH, Storage, StorageError
+from tests.storage.gates import SyncGate, _Gated
+
+NOSYNC: Final = "nosync"   # the loop driver
 
 DEADLINE = 20.0   # seconds; upper bound for waits on conditions, never a sleep
 
@@ -20,53 +25,9 @@ DEADLINE = 20.0   # seconds; upper bound for waits on conditions, never a sleep
 @pytest.fixture
 async def store(tmp_path: pathlib.Path) -> AsyncIterator[Storage]:
     # No background syncer: these tests count every engine fsync.
-    s = await Storage.open(tmp_path / "db", engine="lmdb", sync_interval=None)
+    s = await Storage.open(tmp_path / "db", engine="lmdb", sync_interval=None, lmdb_sync=NOSYNC)
     yield s
     await s.close()
-
-
-class _Gated:
-    """An engine whose fsync is replaced (a compiled engine's methods cannot be patched in place)."""
-
-    def __init__(self, engine: Any, sync: Callable[[], None]) -> None:
-        self._engine = engine
-        self.sync = sync
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-
-class SyncGate:
-    """Replaces the engine's fsync: records the calling thread, blocks until released, can be told to fail."""
-
-    def __init__(self, s: Storage) -> None:
-        self.committer = s._committer   # white box: every fsync goes through the committer's engine
-        self.engine = self.committer.engine
-        self.real = self.engine.sync
-        self.threads: list[int] = []
-        self.entered = threading.Semaphore(0)
-        self.release = threading.Semaphore(0)
-        self.fail: Exception | None = None
-        self.committer.engine = _Gated(self.engine, self.sync)
-
-    def restore(self) -> None:
-        """Stop gating (so teardown's close() is not held, even after a failed assertion)."""
-        self.committer.engine = self.engine
-        self.release.release(1000)
-
-    def sync(self) -> None:
-        self.threads.append(threading.get_ident())
-        self.entered.release()
-        assert self.release.acquire(timeout=DEADLINE), "fsync gate never released"
-        if self.fail is not None:
-            raise self.fail
-        self.real()
-
-    async def wait_entered(self) -> None:
-        assert await asyncio.to_thread(self.entered.acquire, True, DEADLINE), "no fsync started"
-
-    def open(self, n: int = 1) -> None:
-        self.release.release(n)
 
 
 @pytest.fixture
@@ -155,7 +116,7 @@ async def test_failed_fsync_fails_only_the_durable_ops_it_covered(store: Storage
 
 
 async def test_close_waits_for_running_fsync_then_syncs_the_rest_off_the_loop(tmp_path: pathlib.Path) -> None:
-    s = await Storage.open(tmp_path / "db", engine="lmdb", sync_interval=None)
+    s = await Storage.open(tmp_path / "db", engine="lmdb", sync_interval=None, lmdb_sync=NOSYNC)
     gate = SyncGate(s)
     try:
         await _close_while_fsyncing(s, gate)
@@ -181,7 +142,7 @@ async def _close_while_fsyncing(s: Storage, gate: SyncGate) -> None:
 
 
 async def test_background_sync_on_the_loop_driver(tmp_path: pathlib.Path) -> None:
-    async with await Storage.open(tmp_path / "db", engine="lmdb", sync_interval=0.02) as s:
+    async with await Storage.open(tmp_path / "db", engine="lmdb", sync_interval=0.02, lmdb_sync=NOSYNC) as s:
         await s.put("data", b"k", b"v")
         async with asyncio.timeout(DEADLINE):
             while s.stats()["background_syncs"] < 1:
@@ -209,15 +170,21 @@ async def test_get_nowait(store: Storage, tmp_path: pathlib.Path) -> None:
         store.get_nowait("data", b"k")
 
 
-async def test_an_engine_that_cannot_commit_on_the_loop_is_refused(tmp_path: pathlib.Path) -> None:
-    """The facade commits and point-reads on the event loop: an engine whose commits may block (SQLite's wait on
-    the WAL) does not fit it, and is refused rather than run there."""
-    async with await Storage.open(tmp_path / "db") as s:
+async def test_an_engine_whose_commits_wait_for_the_disk_gets_the_writer_thread(tmp_path: pathlib.Path) -> None:
+    """The loop only runs commits that take microseconds (nosync); an engine whose commits may block (LMDB in
+    nometasync mode fdatasync()s in each) is driven by the writer thread instead of blocking the loop."""
+    async with await Storage.open(tmp_path / "db", lmdb_sync=NOSYNC) as s:
+        assert s.writes_on_loop
         blocking = _Gated(s._engine, s._engine.sync)
         blocking.writes_on_loop = False  # type: ignore[attr-defined]
-        with pytest.raises(ValueError, match="cannot commit and read on the event loop"):
-            Storage(blocking, -1, asyncio.get_running_loop(), max_batch=1, sync_interval=None,  # type: ignore[arg-type]
-                    read_threads=1)
+        threaded = Storage(blocking, os.dup(s._lock_fd), asyncio.get_running_loop(),  # type: ignore[arg-type]
+                           max_batch=8, sync_interval=None, read_threads=1)
+        assert not threaded.writes_on_loop
+        await threaded.put("data", b"k", b"v")
+        assert s.get_nowait("data", b"k") == b"v"
+        threaded._engine = _Gated(s._engine, s._engine.sync)  # closing it must not close the shared engine
+        threaded._engine.close = lambda: None  # type: ignore[method-assign]
+        await threaded.close()
 
 
 async def test_update_from_another_loop_is_refused(store: Storage) -> None:
@@ -234,7 +201,7 @@ async def test_update_from_another_loop_is_refused(store: Storage) -> None:
 async def test_on_commit_runs_after_the_commit_even_for_a_caller_that_gave_up(tmp_path: pathlib.Path) -> None:
     """The Merkle trees follow the stored data through this hook: it must run for every committed op (before its
     future resolves, whether or not anyone still waits for it) and never for an op that failed."""
-    s = await Storage.open(tmp_path / "db", sync_interval=None)
+    s = await Storage.open(tmp_path / "db", sync_interval=None, lmdb_sync=NOSYNC)
     seen: list[tuple[str, object, bool]] = []
 
     def hook(name: str, fut_box: list[asyncio.Future[object]]) -> Callable[[object], None]:
