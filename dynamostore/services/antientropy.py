@@ -394,13 +394,16 @@ class AntiEntropyService:
                 await self.clock.sleep(max(0.005, self.sched.repair_wait(n, self.clock.now())))
 
     async def _merge(self, partition: int, peer: str, states: list[tuple[bytes, bytes]]) -> int:
-        """Merge states in with causality (one storage batch); count the keys whose copy changed."""
+        """Merge states in with causality (queued together: group-committed), durably; count the keys whose copy
+        changed."""
         replica = self.replica
         refs = [replica.ref(k) for k, _ in states]
         if any(ref.partition != partition for ref in refs):
             raise RpcRemoteError("bad_request", f"a repaired key is not in partition {partition}")
         decoded = [v.decode(raw) for _, raw in states]
-        changed = await asyncio.gather(*(replica.merge(ref, st, durable=False) for ref, st in zip(refs, decoded)))
+        # Durable, as hints are: a repaired copy may be what later lets another copy go (a reaped tombstone, a
+        # handed-off partition). One gather: the merges share group commits and one fsync per batch.
+        changed = await asyncio.gather(*(replica.merge(ref, st, durable=True) for ref, st in zip(refs, decoded)))
         n = sum(1 for c in changed if c)
         st = self.stats.setdefault(partition, PartitionStats())
         st.repairs += n

@@ -3,8 +3,9 @@
 A fallback keeps the merged state of every hinted write for a key in the replica's hint store
 (`handoff.hints.hint_key`). The service asks `handoff.hints.HandoffPlanner` which targets are due (seen up,
 with hints, not backing off), reads a rate-limited batch, sends it with `handoff.deliver` (the primary
-merges each state with causality, so a hint never overwrites a newer version), and drops a hint only after
-the primary acknowledged it, and only if no newer hinted write merged into it meanwhile.
+merges each state with causality, so a hint never overwrites a newer version, and stores it durably: fsynced
+before it answers), and drops a hint only after the primary acknowledged it, and only if no newer hinted write
+merged into it meanwhile.
 
 `step()` is one pass of the loop (start the deliveries that are due); the asyncio driver (`_run`) calls it
 when woken (a peer came back up) or every `interval_ms`. Unit tests call it directly with a fake clock.
@@ -136,8 +137,10 @@ class HandoffService:
                     raise ValueError(f"partition {p} out of range")
         except (TypeError, ValueError) as exc:
             raise RpcRemoteError("bad_request", f"handoff.deliver payload: {exc}") from exc
-        for skey, state in items:
-            await self.replica.merge_raw(skey, state)
+        # Durable before the ack: the sender drops its hints once this returns, and a hint may be the only other
+        # copy of a write acknowledged as durable. Always durable (a hint does not record how its writes were
+        # acknowledged); queued together, the merges share group commits and one fsync per batch.
+        await asyncio.gather(*(self.replica.merge_raw(skey, state, durable=True) for skey, state in items))
         return len(items)
 
     # --- observability --------------------------------------------------------------------------------

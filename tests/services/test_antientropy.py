@@ -193,3 +193,14 @@ async def test_stop_returns_even_when_a_kick_races_the_cancel(net: Network, stor
     with caplog.at_level(logging.WARNING, logger="dynamostore.runtime"):
         await asyncio.wait_for(node.service.stop(), 5.0)  # ...and the cancel, in the same pass
     assert not [r for r in caplog.records if "cancelling again" in r.getMessage()]
+
+
+async def test_repairs_are_fsynced_on_the_receiving_replica_before_the_exchange_ends(nodes: dict[str, Node]) -> None:
+    """Repaired copies are stored durably on both sides (no background syncer here: only a durable write syncs)."""
+    n1, n2 = nodes["n1"], nodes["n2"]
+    before = [n.replica.storage.stats()["durable_batches"] for n in (n1, n2)]
+    for p in range(Q):
+        await n1.service.exchange(p, "n2")
+    for node, durable_before in zip((n1, n2), before):
+        assert node.replica.storage.stats()["durable_batches"] > durable_before
+        assert not node.replica.storage._committer.unsynced, "repaired copies are not on disk yet"

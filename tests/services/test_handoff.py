@@ -15,7 +15,8 @@ from dynamostore.net.rpc import RpcTimeout
 from dynamostore.runtime import LoopClock
 from dynamostore.services.handoff import HandoffService
 from tests.services.conftest import OpenReplica
-from tests.services.fakes import FakeClock, FakeLiveness, Network, Spawner
+from tests.services.fakes import FakeClock, FakeLiveness, Network, Spawner, until
+from tests.storage.gates import SyncGate
 
 P = 8
 NODES = ["n1", "n2", "n3"]
@@ -185,3 +186,31 @@ async def test_stop_returns_even_when_a_kick_races_the_cancel(net: Network, repl
         await asyncio.sleep(0)  # the loop is parked in its wait
     n1.service.peer_up("n2")  # the kick...
     await asyncio.wait_for(n1.service.stop(), 5.0)  # ...and the cancel, in the same pass
+
+
+async def test_the_primary_has_fsynced_delivered_hints_before_the_sender_drops_them(
+    net: Network, clock: FakeClock, replicas: OpenReplica
+) -> None:
+    """A hint may be the only other copy of a write acknowledged as durable: n2 stores what it is handed durably
+    (fsynced) before it acknowledges, and n1 drops its hints only after that acknowledgement."""
+    n1 = await side(net, clock, replicas, "n1")
+    n2 = await side(net, clock, replicas, "n2")
+    keys = [b"k%d" % i for i in range(5)]
+    for k in keys:
+        await hint(n1.replica, k, k + b"!")
+    gate = SyncGate(n2.replica.storage)    # n2's fsyncs block until the test lets them through
+    try:
+        assert n1.service.step() == ["n2"]
+        await until(lambda: bool(gate.threads) or all(t.done() for _, t in n1.spawner.tasks),
+                    "n2 to fsync the delivered hints, or the delivery to end")
+        assert gate.threads, "n2 acknowledged the hints without fsyncing them"
+        for k in keys:  # merged and committed on n2, waiting for the fsync...
+            got = await n2.replica.get(n2.replica.ref(k))
+            assert got is not None and [s.value for s in got.live] == [k + b"!"]
+        assert await n1.replica.hint_counts() == {"n2": 5}  # ...so n1 still holds every hint
+        gate.open(100)
+        await n1.spawner.settle()
+        assert await n1.replica.hint_counts() == {}
+        assert not n2.replica.storage._committer.unsynced  # everything n2 acknowledged is on disk
+    finally:
+        gate.restore()
