@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/throughput.py [--duration 10] [--connections 32] [--threads 2] [--no-etcd] [--spread]
                                          [--rounds K] [--tls | --auth] [--compare-tls] [--console]
+                                         [--writes careful|blind|both] [--lmdb-sync nometasync|nosync]
+                                         [--compare-sync]
 
 Starts `dynamostore cluster --nodes 3` (N=3, R=W=2) in a temporary directory, preloads the 10,000 keys,
 then runs wrk with the same settings as ../shared/anchors (random 100-byte puts, random gets, 10k keys,
@@ -23,6 +25,18 @@ nodes, and every request carrying an API token (wrk sends it). --auth: tokens on
 own cost). --compare-tls runs dynamostore plain and with --tls, alternating, instead of against etcd. Every
 dynamostore run also reports the CPU the whole cluster spent per request (steadier than req/s on a shared
 machine).
+--writes chooses how puts are written. "careful" (the default) writes as a careful client does: each wrk
+connection is one writer that keeps the X-Context of its last read or write of each key and sends it with its
+next write of that key, reading a key it has never seen first (wrk/ds_put_careful.lua; wrk then runs one thread
+per connection, so each thread's responses match its requests). Its req/s counts those reads too; the writes
+per second are reported apart. etcd's counterpart is a compare-and-swap on the key's mod_revision
+(wrk/etcd_put_careful.lua). "blind" is the anchor's workload: puts without a context, each one concurrent with
+everything, so they pile up siblings (wrk/ds_put.lua, etcd_put.lua). "both" runs careful then blind on the same
+cluster. After each dynamostore put run every key is read (R=2) and the table reports its sibling count (mean,
+p50, p99, max, keys with more than one).
+--lmdb-sync sets the nodes' `[storage] lmdb_sync` (default: the node's, nometasync, safe across power loss;
+nosync is the faster mode an OS crash may corrupt). --compare-sync runs dynamostore in both modes, alternating,
+instead of against etcd: what the safe mode costs. etcd rows also report the CPU its members spent per request.
 Needs wrk and etcd from Debian's packages (apt-get install -y wrk etcd-server etcd-client).
 """
 
@@ -50,6 +64,9 @@ ANCHORS = ROOT.parent / "shared" / "anchors"
 
 
 Results = dict[str, dict[str, float]]  # op -> figure (rps, p50, p99, non2xx, sock_errors) -> value
+# Op names in results and tables: "put" is the blind put (the anchor's workload), "put careful" the careful one.
+OPS = ("put careful", "put", "get")
+OP_LABEL = {"put careful": "put careful", "put": "put blind", "get": "get"}
 
 
 def parse_wrk(out: str) -> dict[str, float]:
@@ -69,6 +86,11 @@ def parse_wrk(out: str) -> dict[str, float]:
     res["non2xx"] = float(errs.group(1)) if errs else 0.0
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     res["sock_errors"] = float(sum(int(x) for x in sock.groups())) if sock else 0.0
+    careful = re.search(r"^careful: (.*)$", out, re.M)  # the careful scripts' done() line: "name N name N ..."
+    if careful:
+        words = careful.group(1).split()
+        for name, n in zip(words[::2], words[1::2]):
+            res[f"careful_{name.replace('-', '_')}"] = float(n)
     return res
 
 
@@ -87,17 +109,19 @@ def children(pid: int) -> list[int]:
 
 
 def wrk(urls: list[str], script: Path, args: argparse.Namespace, token: str | None = None,
-        pids: list[int] | None = None) -> dict[str, float]:
+        pids: list[int] | None = None, writers: bool = False) -> dict[str, float]:
     """One wrk against urls[0] (-t threads, -c connections); with several urls (--spread), one wrk -t1 per url
     at the same time, the connections split between them. Throughput is the sum; p50 and p99 are the largest
-    of the runs' own (an upper bound: no more than 1% of all requests can be slower than every run's p99)."""
+    of the runs' own (an upper bound: no more than 1% of all requests can be slower than every run's p99).
+    `writers`: one wrk thread per connection (the careful scripts keep per-writer state in their thread)."""
     if len(urls) == 1:
-        cmds = [["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
+        threads = args.connections if writers else args.threads
+        cmds = [["wrk", f"-t{threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
                  "-s", str(script), urls[0]]]
     else:
         share = [args.connections // len(urls) + (i < args.connections % len(urls)) for i in range(len(urls))]
-        cmds = [["wrk", "-t1", f"-c{c}", f"-d{args.duration}s", "--latency", "-s", str(script), u]
-                for u, c in zip(urls, share)]
+        cmds = [["wrk", f"-t{c if writers else 1}", f"-c{c}", f"-d{args.duration}s", "--latency", "-s", str(script),
+                 u] for u, c in zip(urls, share)]
     env = {**os.environ, "DYNAMOSTORE_TOKEN": token} if token else None  # the wrk scripts send it
     cpu0 = sum(cpu_seconds(p) for p in pids or [])
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for c in cmds]
@@ -111,6 +135,8 @@ def wrk(urls: list[str], script: Path, args: argparse.Namespace, token: str | No
         runs.append(parse_wrk(out))
     res = {k: sum(r[k] for r in runs) for k in ("rps", "non2xx", "sock_errors")}
     res.update({k: max(r[k] for r in runs) for k in ("p50", "p99")})
+    for k in sorted({k for r in runs for k in r if k.startswith("careful_")}):
+        res[k] = sum(r.get(k, 0.0) for r in runs) / args.duration   # per second
     if pids:  # CPU the whole cluster spent per request: steadier than req/s on a shared machine
         res["cpu_us"] = (sum(cpu_seconds(p) for p in pids) - cpu0) / max(1.0, res["rps"] * args.duration) * 1e6
     return res
@@ -145,6 +171,37 @@ def preload(base: str, ctx: ssl.SSLContext | None = None, token: str | None = No
             await asyncio.gather(*(one(i) for i in range(1, 10001)))
 
     asyncio.run(go())
+
+
+def sibling_census(base: str, ctx: ssl.SSLContext | None = None, token: str | None = None) -> dict[str, float]:
+    """Read each of the 10k keys (the cluster's default R) and count its live values (X-Siblings on a 300)."""
+    import asyncio
+
+    import aiohttp
+
+    counts: list[int] = []
+
+    async def go() -> None:
+        sem = asyncio.Semaphore(64)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx if ctx else True),
+                                         headers=headers) as s:
+            async def one(i: int) -> None:
+                async with sem, s.get(f"{base}/kv/key{i:08d}") as r:
+                    await r.read()
+                    counts.append(int(r.headers.get("X-Siblings", "1")) if r.status in (200, 300) else 0)
+
+            await asyncio.gather(*(one(i) for i in range(1, 10001)))
+
+    asyncio.run(go())
+    counts.sort()
+    return {"sib_mean": statistics.fmean(counts), "sib_p50": float(counts[len(counts) // 2]),
+            "sib_p99": float(counts[min(len(counts) - 1, len(counts) * 99 // 100)]), "sib_max": float(counts[-1]),
+            "sib_multi": float(sum(1 for c in counts if c > 1))}
+
+
+def put_ops(args: argparse.Namespace) -> list[str]:
+    return {"careful": ["put careful"], "blind": ["put"], "both": ["put careful", "put"]}[args.writes]
 
 
 CONSOLE_POLL_S = 2.0  # dynamostore/api/ui/app.js POLL_MS
@@ -218,11 +275,15 @@ class ConsolePoller:
         self.thread.join(timeout=15)
 
 
-def bench_dynamostore(args: argparse.Namespace, console: bool = False, tls: bool = False) -> Results:
+def bench_dynamostore(args: argparse.Namespace, console: bool = False, tls: bool = False,
+                      lmdb_sync: str | None = None) -> Results:
     d = Path(tempfile.mkdtemp(prefix="ds-bench-"))
     port = args.base_port
     settings = d / "settings.toml"
     text = "log_level = \"WARNING\"\n"
+    lmdb_sync = lmdb_sync or args.lmdb_sync
+    if lmdb_sync:
+        text += f"[storage]\nlmdb_sync = \"{lmdb_sync}\"\n"
     token: str | None = None
     if args.auth and not tls:  # tokens without TLS: a bootstrap token of our own
         from dynamostore.cli.security import new_bootstrap_token
@@ -255,8 +316,13 @@ def bench_dynamostore(args: argparse.Namespace, console: bool = False, tls: bool
         preload(base, ctx, token)
         # gets first, while every key holds one value (blind puts then add siblings, as they must)
         if not args.console:
-            return {"get": wrk(urls, HERE / "wrk/ds_get.lua", args, token, pids),
-                    "put": wrk(urls, HERE / "wrk/ds_put.lua", args, token, pids)}
+            res = {"get": wrk(urls, HERE / "wrk/ds_get.lua", args, token, pids)}
+            for op in put_ops(args):
+                careful = op == "put careful"
+                res[op] = wrk(urls, HERE / ("wrk/ds_put_careful.lua" if careful else "wrk/ds_put.lua"), args, token,
+                              pids, writers=careful)
+                res[op].update(sibling_census(base, ctx, token))
+            return res
         n1 = node_pid(d / "data", "n1")
         res = {}
         with ConsolePoller(base) if console else _Closed() as poller:
@@ -280,7 +346,13 @@ def bench_etcd(args: argparse.Namespace) -> Results:
     subprocess.run(["bash", str(ANCHORS / "etcd_cluster.sh"), str(d)], check=True, capture_output=True)
     try:
         urls = [f"http://127.0.0.1:{22379 + 2 * k}" for k in range(3 if args.spread else 1)]
-        return {"put": wrk(urls, ANCHORS / "etcd_put.lua", args), "get": wrk(urls, ANCHORS / "etcd_get.lua", args)}
+        pids = [int(p) for p in (d / "pids").read_text().split()]
+        res = {"get": wrk(urls, ANCHORS / "etcd_get.lua", args, pids=pids)}
+        for op in put_ops(args):
+            careful = op == "put careful"
+            res[op] = wrk(urls, HERE / "wrk/etcd_put_careful.lua" if careful else ANCHORS / "etcd_put.lua", args,
+                          pids=pids, writers=careful)
+        return res
     finally:
         pids = (d / "pids").read_text().split()
         for p in pids:
@@ -299,24 +371,37 @@ def median_results(rounds: list[Results]) -> Results:
 
 def print_table(title: str, systems: list[tuple[str, Results]], ratios: bool = True, against: str = "etcd") -> None:
     print(f"\n{title}")
-    print(f"{'system':<24}{'op':<5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cluster CPU us/req':>20}")
+    print(f"{'system':<24}{'op':<13}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cluster CPU us/req':>20}")
     for name, res in systems:
-        for op in ("put", "get"):
+        for op in (o for o in OPS if o in res):
             r = res[op]
             cpu = f"{r['cpu_us']:>20.0f}" if "cpu_us" in r else ""
-            print(f"{name:<24}{op:<5}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
+            print(f"{name:<24}{OP_LABEL[op]:<13}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
                   f"{r['non2xx'] + r['sock_errors']:>8.0f}{cpu}")
-    if len(systems) == 2 and ratios and against == "TLS":
+    for name, res in systems:
+        for op in (o for o in OPS if o in res):
+            r = res[op]
+            if "careful_writes" in r:  # req/s above counts the reads-before-write too
+                extra = "".join(f", {r[k]:.0f} {k[8:].replace('_', ' ')}/s" for k in ("careful_conflicts",
+                                                                                   "careful_failed_writes") if k in r)
+                print(f"{name} {OP_LABEL[op]}: {r['careful_writes']:.0f} writes/s "
+                      f"+ {r.get('careful_reads_before_write', 0):.0f} reads-before-write/s{extra}")
+            if "sib_mean" in r:
+                print(f"{name} after {OP_LABEL[op]}: siblings per key mean {r['sib_mean']:.2f}, p50 {r['sib_p50']:.0f}, "
+                      f"p99 {r['sib_p99']:.0f}, max {r['sib_max']:.0f}; {r['sib_multi']:.0f} of 10000 keys with more "
+                      "than one")
+    if len(systems) == 2 and ratios and against in ("TLS", "nosync"):
         (_, plain), (_, tls) = systems
-        for op in ("put", "get"):
+        for op in (o for o in OPS if o in plain and o in tls):
             cpu = (f", cluster CPU per request x{tls[op]['cpu_us'] / plain[op]['cpu_us']:.2f}"
                    if "cpu_us" in tls[op] and plain[op].get("cpu_us") else "")
-            print(f"TLS+tokens {op}: throughput x{tls[op]['rps'] / plain[op]['rps']:.2f} of plain{cpu}, "
+            what, base = ("TLS+tokens", "plain") if against == "TLS" else ("nometasync", "nosync")
+            print(f"{what} {OP_LABEL[op]}: throughput x{tls[op]['rps'] / plain[op]['rps']:.2f} of {base}{cpu}, "
                   f"p99 {tls[op]['p99']:.2f} ms vs {plain[op]['p99']:.2f} ms")
     elif len(systems) == 2 and ratios:
         (_, ds), (_, etcd) = systems
-        for op in ("put", "get"):
-            print(f"ratio {op}: throughput x{ds[op]['rps'] / etcd[op]['rps']:.2f}, "
+        for op in (o for o in OPS if o in ds and o in etcd):
+            print(f"ratio {OP_LABEL[op]}: throughput x{ds[op]['rps'] / etcd[op]['rps']:.2f}, "
                   f"p99 {ds[op]['p99']:.2f} ms vs {etcd[op]['p99']:.2f} ms")
 
 
@@ -370,6 +455,26 @@ def compare_tls(args: argparse.Namespace, title: str) -> int:
     return 0
 
 
+def compare_sync(args: argparse.Namespace, title: str) -> int:
+    """dynamostore with lmdb_sync = nosync (the old mode) and nometasync (the safe default), alternating, each
+    round a fresh cluster: what the safe mode costs, side by side."""
+    fast: list[Results] = []
+    safe: list[Results] = []
+    for k in range(args.rounds):
+        for mode in (("nosync", "nometasync") if k % 2 == 0 else ("nometasync", "nosync")):
+            (fast if mode == "nosync" else safe).append(bench_dynamostore(args, lmdb_sync=mode))
+        if args.rounds > 1:
+            print_table(f"round {k + 1} of {args.rounds}: {title}",
+                        [("dynamostore nosync", fast[-1]), ("dynamostore nometasync", safe[-1])], against="nosync")
+    if args.rounds > 1:
+        title = f"medians of {args.rounds} alternating rounds: {title}"
+    med = [("dynamostore nosync", median_results(fast)), ("dynamostore nometasync", median_results(safe))]
+    print_table(title, med, against="nosync")
+    if args.json:
+        args.json.write_text(json.dumps({"nosync": fast, "nometasync": safe, "medians": dict(med)}, indent=2))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
@@ -389,7 +494,15 @@ def main() -> int:
     ap.add_argument("--auth", action="store_true", help="a token on every request, without TLS")
     ap.add_argument("--compare-tls", action="store_true",
                     help="dynamostore without and with --tls, alternating, instead of against etcd")
-    ap.add_argument("--json", type=Path, help="with --compare-tls: also write every round and the medians here")
+    ap.add_argument("--json", type=Path,
+                    help="with --compare-tls or --compare-sync: also write every round and the medians here")
+    ap.add_argument("--writes", choices=("careful", "blind", "both"), default="careful",
+                    help="careful: each write carries its writer's last context of the key (default); blind: no "
+                         "context (the anchor's workload); both: careful, then blind")
+    ap.add_argument("--lmdb-sync", choices=("nometasync", "nosync"), default=None,
+                    help="the nodes' [storage] lmdb_sync (default: the node default, nometasync)")
+    ap.add_argument("--compare-sync", action="store_true",
+                    help="dynamostore with lmdb_sync nosync and nometasync, alternating, instead of against etcd")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     if args.rounds < 1:
@@ -399,11 +512,15 @@ def main() -> int:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
     where = "spread over all 3 nodes/members (one wrk -t1 each)" if args.spread else f"-t{args.threads}, node 1 of 3"
-    title = f"wrk -c{args.connections} -d{args.duration}s {where}, 100-byte values, 10k keys"
+    title = f"wrk -c{args.connections} -d{args.duration}s {where}, 100-byte values, 10k keys, {args.writes} writes"
+    if args.lmdb_sync:
+        title += f", lmdb_sync {args.lmdb_sync}"
     if args.console:
         return console_cost(args, title)
     if args.compare_tls:
         return compare_tls(args, title)
+    if args.compare_sync:
+        return compare_sync(args, title)
     ds_rounds: list[Results] = []
     etcd_rounds: list[Results] = []
     for k in range(args.rounds):
