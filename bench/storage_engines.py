@@ -43,7 +43,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from bench.engines.sqlite_engine import SqliteEngine  # noqa: E402
 from dynamostore.storage.engine import Engine  # noqa: E402
 from dynamostore.storage.keys import data_key, partition_prefix  # noqa: E402
-from dynamostore.storage.lmdb_engine import LmdbEngine  # noqa: E402
+from dynamostore.storage.lmdb_engine import LmdbEngine, LmdbSync  # noqa: E402
 from dynamostore.storage.store import Storage  # noqa: E402
 
 VALUE_SIZE = 200
@@ -80,9 +80,10 @@ def pct(samples: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def make_engine(name: str, path: pathlib.Path, writemap: bool) -> Engine:
+def make_engine(name: str, path: pathlib.Path, writemap: bool, sync_mode: LmdbSync = "nometasync") -> Engine:
     (path / "ENGINE").write_text(name + "\n")   # so the facade reopens it with the same engine
-    return LmdbEngine(path, map_size=64 << 30, writemap=writemap) if name == "lmdb" else SqliteEngine(path)
+    return (LmdbEngine(path, map_size=64 << 30, writemap=writemap, sync_mode=sync_mode) if name == "lmdb"
+            else SqliteEngine(path))
 
 
 def new_key(rng: random.Random) -> bytes:
@@ -109,7 +110,7 @@ def bench_engine(name: str, n: int, args: argparse.Namespace,
                  base: pathlib.Path) -> tuple[list[Row], pathlib.Path, list[bytes]]:
     rng = random.Random(n)
     path = pathlib.Path(tempfile.mkdtemp(prefix=f"{name}-{n}-", dir=base))
-    engine = make_engine(name, path, args.lmdb_writemap)
+    engine = make_engine(name, path, args.lmdb_writemap, args.lmdb_sync)
     values = [rng.randbytes(VALUE_SIZE) for _ in range(1000)]
     keys = [new_key(rng) for _ in range(n)]
     rows: list[Row] = []
@@ -167,7 +168,7 @@ def bench_engine(name: str, n: int, args: argparse.Namespace,
 async def bench_facade(name: str, n: int, path: pathlib.Path, keys: list[bytes],
                        args: argparse.Namespace) -> list[Row]:
     rng = random.Random(n + 1)
-    store = await Storage.open(path, lmdb_writemap=args.lmdb_writemap)
+    store = await Storage.open(path, lmdb_writemap=args.lmdb_writemap, lmdb_sync=args.lmdb_sync)
     values = [rng.randbytes(VALUE_SIZE) for _ in range(100)]
     lat: list[float] = []
     per_worker = args.facade_ops // args.concurrency
@@ -247,6 +248,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each (engine, size) this many times on fresh stores and report the median row")
     ap.add_argument("--lmdb-writemap", action="store_true", help="open LMDB with MDB_WRITEMAP (not the default)")
+    ap.add_argument("--lmdb-sync", choices=("nometasync", "nosync"), default="nometasync",
+                    help="LMDB's sync mode (docs/storage.md; the figures there were measured with nosync)")
     ap.add_argument("--dir", type=pathlib.Path, default=None, help="where to create the stores")
     ap.add_argument("--json", type=pathlib.Path, default=None)
     args = ap.parse_args()

@@ -1,6 +1,10 @@
 """Cost of a write through the Storage facade, as the node pays it: `await storage.update(...)` on one loop.
 
     .venv/bin/python bench/storage_loop.py [--seconds 5] [--concurrency 32] [--keys 10000] [--max-batch N]
+                                           [--lmdb-sync nometasync|nosync]
+
+--lmdb-sync picks the store's mode (default nometasync: commits in the writer thread, each fdatasync()ed;
+nosync: group commit on the loop, the driver the figures in docs/storage.md were measured with).
 
 On one uvloop event loop, a fresh store preloaded with --keys 200-byte values:
 
@@ -72,12 +76,13 @@ async def run(store: Storage, keys: list[bytes], label: str, seconds: float, con
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="storage-loop-") as tmp:
         extra: dict[str, Any] = {"max_batch": args.max_batch} if args.max_batch else {}
-        store = await Storage.open(pathlib.Path(tmp) / "db", **extra)
+        store = await Storage.open(pathlib.Path(tmp) / "db", lmdb_sync=args.lmdb_sync, **extra)
         rng = random.Random(0)
         keys = [data_key(rng.randrange(64), rng.randrange(1024), rng.randbytes(16)) for _ in range(args.keys)]
         for i in range(0, len(keys), 1000):
             await asyncio.gather(*(store.put("data", k, rng.randbytes(VALUE_SIZE)) for k in keys[i:i + 1000]))
-        print(f"engine={store.engine_name} (group commit on the loop) keys={args.keys} python={sys.version.split()[0]} loop=uvloop")
+        driver = "group commit on the loop" if store.writes_on_loop else "writer thread"
+        print(f"engine={store.engine_name} lmdb_sync={args.lmdb_sync} ({driver}) keys={args.keys} python={sys.version.split()[0]} loop=uvloop")
         await run(store, keys, "concurrent", args.seconds, args.concurrency, False)
         await run(store, keys, "sequential", args.seconds, 1, False)
         await run(store, keys, "durable", args.seconds / 2, args.concurrency, True)
@@ -90,4 +95,5 @@ if __name__ == "__main__":
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--keys", type=int, default=10_000)
     p.add_argument("--max-batch", type=int, default=0, help="Storage.open max_batch (default: the store's)")
+    p.add_argument("--lmdb-sync", choices=("nometasync", "nosync"), default="nometasync")
     uvloop.run(main(p.parse_args()))
