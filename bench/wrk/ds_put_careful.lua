@@ -12,6 +12,14 @@ local token = os.getenv("DYNAMOSTORE_TOKEN")
 local threads = {}
 function setup(thread)
   table.insert(threads, thread)
+  thread:set("writer", #threads)
+end
+
+-- Each thread has its own Lua state, all seeded alike: without this every writer would pick the same keys in
+-- the same order, and 32 writers would read, then write, the same key at the same moment.
+function init(args)
+  math.randomseed(os.time() * 1000 + writer)
+  for _ = 1, writer do math.random() end
 end
 
 -- per thread (each thread has its own Lua state): contexts seen, the request in flight, counters
