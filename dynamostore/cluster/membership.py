@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -125,13 +126,22 @@ class MembershipService:
             log.info("membership entry %d refused: %s", index, res.reason)
         if new.initialized:
             self._publish(new)
+        elif new.tokens != self.state.tokens:
+            self._serve_early_tokens(new)
         return res
+
+    def _serve_early_tokens(self, applied: MembershipState) -> None:
+        """Before the founding entry is applied the node serves the founding state of its cluster file; a
+        token the log added meanwhile (one made right at start-up) is served, and read, from now on too."""
+        self.state = replace(self.state, tokens={**self.state.tokens, **applied.tokens})
 
     def restore_snapshot(self, data: bytes) -> None:
         """The Raft service restores a snapshot here (from disk at start, or sent by the leader)."""
         self.applied = decode_state(data)
         if self.applied.initialized:
             self._publish(self.applied)
+        elif self.applied.tokens:
+            self._serve_early_tokens(self.applied)
 
     def _publish(self, state: MembershipState) -> None:
         old = self.state

@@ -9,6 +9,7 @@ from pathlib import Path
 from dynamostore.cluster.membership import MembershipService
 from dynamostore.cluster.state import ClusterState
 from dynamostore.config import ClusterSettings, Member, RaftSettings
+from ring.tokens import AddToken, ApiToken
 from ring.membership import (
     Bootstrap,
     Commit,
@@ -105,3 +106,16 @@ def test_a_restored_snapshot_is_published_once(tmp_path: Path) -> None:
     assert node.service.applied == leader.service.applied and node.cluster.epoch == 2
     node.service.restore_snapshot(snapshot)  # the same state again: nothing new
     assert len(node.heard) == 2
+
+
+def test_a_token_added_before_the_founding_entry_is_served_and_read_at_once(tmp_path: Path) -> None:
+    """A token made right at start-up can reach the log before the Bootstrap entry (the founder proposes that
+    after an election): what the node serves with, and what a linearizable read answers, includes it from the
+    moment it is applied, not only once the cluster is bootstrapped."""
+    node = Node(tmp_path, founder=True)
+    assert not node.service.applied.initialized
+    made = ApiToken("t1", "early", ("write",), b"x" * 32, 100)
+    assert node.commit(AddToken(made))
+    assert node.service.state.tokens.get("t1") == made   # served (the authentication gate reads this)
+    assert node.commit(bootstrap())
+    assert node.service.state.tokens.get("t1") == made   # and kept by the founding entry
