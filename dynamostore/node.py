@@ -26,7 +26,7 @@ from dynamostore.api.admin import AdminApi, admin_routes
 from dynamostore.api.debug import DebugApi, debug_routes
 from dynamostore.api.kv import KvApi
 from dynamostore.api.openapi import spec
-from dynamostore.api.ops import OpsApi
+from dynamostore.api.ops import OpsApi, ReadyFacts
 from dynamostore.api.routes import Access, build_server
 from dynamostore.api.server import HttpServer
 from dynamostore.api.tokens import TokenApi
@@ -244,7 +244,7 @@ class Node:
         kv = KvApi(self.coordinator, ContextCodec(cfg.secret), f.quorum, limits, self.n_val)
         ops = OpsApi(self.node_id, self.status, self.metrics,
                      spec(self.n_val, limits.max_value_bytes, limits.max_key_bytes),
-                     self._delay if f.testing_faults else None)
+                     self._delay if f.testing_faults else None, self._ready_facts)
         admin = AdminApi(self.membership, self.liveness, self._ping_member)
         debug = DebugApi(placement=self.cluster, liveness=self.liveness, peers=self.peers, local=self._inspect_local,
                          locate=self.replica.ref, max_key_bytes=limits.max_key_bytes)
@@ -258,6 +258,14 @@ class Node:
         log.info("node %s serving %s://%s:%d (rpc %s:%d%s, client tokens %s); compiled modules: %s", self.node_id,
                  "https" if sec.tls else "http", me.http_host, me.http_port, me.rpc_host, me.rpc_port,
                  ", mutual TLS" if sec.tls else "", "required" if sec.auth else "off", native.status)
+
+    def _ready_facts(self) -> ReadyFacts:
+        """What /health/ready decides from (api/ops.py `ready_reasons`)."""
+        applied = self.membership.applied
+        me = applied.members.get(self.node_id)
+        return ReadyFacts(store_usable=self.storage.usable, membership_applied=applied.initialized,
+                          raft_leader=self.membership.raft.leader, ring_known=self.cluster.ring is not None,
+                          member_status=me.status.value if me is not None else None)
 
     def _tokens(self) -> Mapping[str, ApiToken]:
         """The API tokens requests are checked against: the committed membership's. A node that has not

@@ -128,6 +128,33 @@ class Cluster:
 
         await wait_for(check, timeout, f"{nid} to answer /health")
 
+    async def ready(self, nid: str) -> tuple[bool, str]:
+        """GET /health/ready: (ready, why not)."""
+        s = await self.http()
+        try:
+            async with s.get(self.url(nid) + "/health/ready", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                doc = await r.json()
+                return r.status == 200, str(doc.get("reason", ""))
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            return False, repr(exc)
+
+    async def wait_ready(self, nid: str, timeout: float = 30) -> None:
+        """Until the node can serve reads, writes and admin changes (not merely answer /health): its Raft log
+        applied the founding entry and knows a leader, its store is open, it has a ring and is a member."""
+        why = ""
+
+        async def check() -> bool:
+            nonlocal why
+            if not self.alive(nid):
+                raise AssertionError(f"{nid} exited: see {self.root / (nid + '.log')}")
+            ok, why = await self.ready(nid)
+            return ok
+
+        try:
+            await wait_for(check, timeout, f"{nid} to answer /health/ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last reason: {why}") from None
+
     async def status(self, nid: str) -> dict[str, Any]:
         s = await self.http()
         async with s.get(self.url(nid) + "/status") as r:
@@ -142,8 +169,8 @@ class Cluster:
     async def start_all(self) -> None:
         for nid in self.ids:
             self.start(nid)
-        for nid in self.ids:
-            await self.wait_healthy(nid)
+        for nid in self.ids:  # ready, not just up: an admin change right away must not meet "not bootstrapped"
+            await self.wait_ready(nid)
         # every node sees every other node up before the test begins
         for a in self.ids:
             for b in self.ids:

@@ -93,6 +93,12 @@ def spec(n_val: int, max_value: int, max_key: int) -> dict[str, Any]:
                 },
             },
             "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
+            "/health/ready": {"get": {
+                "summary": "Readiness: the node can serve reads, writes and admin changes (storage open, the "
+                           "membership log applied, a Raft leader known, a ring, a serving member)",
+                "responses": {"200": {"description": 'JSON {"ready": true, "node", "raft_leader"}'},
+                              "503": _err('not ready yet: "reason" and the list "reasons" say why')},
+            }},
             "/status": {"get": {"summary": "Node, ring, members, hints, anti-entropy",
                                 "responses": {"200": {"description": "JSON status"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},

@@ -78,6 +78,7 @@ def build_server(api: KeyHandlers, ops: OpsHandlers, admin: Mapping[tuple[str, s
                               "DELETE": api.delete}
     routes: dict[str, dict[str, Handler]] = {
         "/health": {"GET": ops.health},
+        "/health/ready": {"GET": ops.ready},
         "/status": {"GET": ops.status},
         "/metrics": {"GET": ops.metrics},
         "/openapi.json": {"GET": ops.openapi},

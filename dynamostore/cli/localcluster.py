@@ -2,8 +2,8 @@
 
 Writes DIR/cluster.toml (reused on the next start so the secret and data stay valid), starts
 `dynamostore node --config DIR/cluster.toml --id nK` for k = 1..N with logs in DIR/nK.log, waits until each
-answers /health, and stops them all cleanly (SIGTERM, then SIGKILL after a grace period) on Ctrl-C or
-SIGTERM. A node that dies is reported, not restarted.
+answers /health/ready (ready for reads, writes and admin changes, not merely up), and stops them all cleanly
+(SIGTERM, then SIGKILL after a grace period) on Ctrl-C or SIGTERM. A node that dies is reported, not restarted.
 
 With `--tls` the cluster is secure as one on several machines would be: a CA and node certificates in
 DIR/certs (made once, kept on restart), HTTPS and mutual TLS between nodes, and client tokens required, the
@@ -149,10 +149,12 @@ def _health_context(data_dir: Path) -> ssl.SSLContext | None:
     return client_context(ca)
 
 
-def _healthy(port: int, ctx: ssl.SSLContext | None = None) -> bool:
+def _ready(port: int, ctx: ssl.SSLContext | None = None) -> bool:
+    """The node answers /health/ready with 200: it can take reads, writes and admin changes (a 503 is an
+    HTTPError, an OSError: not yet)."""
     scheme = "https" if ctx is not None else "http"
     try:
-        with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/health", timeout=0.5, context=ctx) as r:
+        with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/health/ready", timeout=0.5, context=ctx) as r:
             return bool(r.status == 200)
     except OSError:
         return False
@@ -187,13 +189,14 @@ def run_cluster(nodes: int, data_dir: Path, base_port: int, settings_file: Path 
             if procs[nid].poll() is not None:
                 print(f"  {nid} exited with code {procs[nid].returncode}; see {data_dir / (nid + '.log')}", flush=True)
                 pending.pop(nid)
-            elif _healthy(port, ctx):
+            elif _ready(port, ctx):
                 print(f"  {nid}  {scheme}://127.0.0.1:{port}  (pid {procs[nid].pid}, log {data_dir / (nid + '.log')})",
                       flush=True)
                 pending.pop(nid)
         time.sleep(0.1)
     if pending and not stopping:
-        print(f"dynamostore: nodes not healthy after 30 s: {', '.join(pending)}", flush=True)
+        print(f"dynamostore: nodes not ready after 30 s: {', '.join(pending)} (GET /health/ready says why)",
+              flush=True)
     if not stopping and ctx is not None:
         print(f"dynamostore: TLS and tokens on: CA {data_dir / 'certs' / 'ca.crt'}, admin token in "
               f"{data_dir / 'admin.token'}\n  curl --cacert {data_dir / 'certs' / 'ca.crt'} -H \"Authorization: Bearer "

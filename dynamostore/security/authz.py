@@ -1,6 +1,6 @@
 """Which permission each HTTP route needs: pure, decided from the method, path and query string alone.
 
-`/health` is always open (load balancers and `dynamostore cluster` probe it); `/openapi.json` and the console's
+`/health` and `/health/ready` are always open (load balancers and `dynamostore cluster` probe them); `/openapi.json` and the console's
 files (`/ui`, `/ui/...`) are open (they hold no data: the console's page asks for a token and sends it with
 every request it makes). `/status`, `/status/history` and `/metrics` need the permission the operator
 configured (`[security] status_access`, `metrics_access`: "open", "read" or "admin"; default "read", so a
@@ -30,6 +30,7 @@ class Policy:
                 raise ValueError(f"{name} must be one of {', '.join(ACCESS_LEVELS)}, not {level!r}")
         self._exact: dict[str, int | None] = {
             "/health": None,
+            "/health/ready": None,
             "/openapi.json": None,
             "/status": ACCESS_LEVELS[status_access],
             "/status/history": ACCESS_LEVELS[status_access],

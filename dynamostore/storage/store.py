@@ -542,6 +542,11 @@ class Storage:
                 raise StorageError(f"{getattr(fn, '__name__', 'read')} failed: {exc!r}") from exc
         return await self._loop.run_in_executor(self._readers, call)
 
+    @property
+    def usable(self) -> bool:
+        """Open, and its writer has not failed (readiness: a node whose store refuses writes is not ready)."""
+        return not self._closed and self._writer.broken is None
+
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError("storage is closed")

@@ -119,6 +119,8 @@ async def test_kill_the_raft_leader_during_a_join(make_cluster: Callable[..., An
     await wait_for(new_leader, 20, "a new Raft leader")
     c.start(leader)  # the killed node comes back with its data and catches up from the log
     await wait_for(lambda: settled(c, live + [leader]), 90, "the join to complete on every node")
+    for nid in live + [leader]:  # the restarted leader and the new member are ready for admin changes again
+        await c.wait_ready(nid)
     w.stop.set()
     await writer
     st = await c.status(leader)
