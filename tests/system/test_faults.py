@@ -181,11 +181,8 @@ async def _check(c: Cluster, label: str, h: History, st: Stats, nem: Nemesis) ->
     report = h.check(final)
     # A write answered 503 (or timed out) may still have been applied on some replica and superseded what its
     # client read. That is a legitimate supersede when the write demonstrably happened: its value is present
-    # or a later client read it. history.py only credits acknowledged supersedes, so re-credit those here.
-    seen = {(w.key, v) for w in h.writes for v in w.supersedes} | {(k, v) for k, vs in final.items() for v in vs}
-    applied = {(w.key, w.value) for w in h.writes} & seen
-    credited = {(w.key, v) for w in h.writes if (w.key, w.value) in applied for v in w.supersedes}
-    lost = [(k, v) for k, v in report.lost if (k, v) not in credited]
+    # or a later client read it. check() only credits acknowledged supersedes; really_lost re-credits those.
+    lost = h.really_lost(final, report.lost)
     if lost:
         detail = [(k, v[:60], [w.outcome.value for w in h.writes if w.key == k and w.value == v],
                    sorted(final[k])[:5]) for k, v in lost[:5]]
