@@ -1,4 +1,5 @@
-"""Fault injection ("nemesis") for a cluster of real node processes: kill -9 and restart, pause and resume.
+"""Fault injection ("nemesis") for a cluster of real node processes: kill -9 and restart, pause and resume,
+network partitions, and ring changes (join, leave, remove, replace, kill -9 of the Raft leader during one).
 
 Two halves:
 - `make_schedule` is pure: from a seed, a fault kind and the node ids it returns a list of `Fault`s (which
@@ -12,6 +13,9 @@ Two halves:
   nemesis cuts every path between the fault's nodes and the rest with iptables DROP rules in that
   namespace (both directions), then deletes exactly those rules to heal. Clients (the test process, on
   127.0.0.1) still reach every node, as in Jepsen: each side of the split keeps taking requests.
+- Ring changes: `make_ring_schedule` (pure, seeded like `make_schedule`) draws a sequence of `RingChange`s
+  on a simulated membership, so each is possible when it comes, optionally each with a node fault of the
+  kinds above on another member; `RingNemesis` plays it through the admin API (tests/system/test_ring_faults.py).
 """
 
 from __future__ import annotations
@@ -21,10 +25,14 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
-from tests.harness import Cluster
+import aiohttp
+
+from tests.harness import Cluster, wait_for
 
 
 class FaultKind(str, Enum):
@@ -148,3 +156,263 @@ class Nemesis:
 
     def during_fault(self, t: float) -> bool:
         return any(a <= t <= b for a, b in self.windows)
+
+
+# --- ring changes under faults (issue 14) ------------------------------------------------------------------
+
+
+class RingOp(str, Enum):
+    JOIN = "join"            # a new node joins (its id never used before)
+    LEAVE = "leave"          # a member hands off its partitions and leaves; its process stops afterwards
+    REMOVE = "remove"        # a member is killed -9, seen down, and removed (never restarted)
+    REPLACE = "replace"      # a new node takes over exactly a live member's partitions; the old one stops
+    CYCLE = "join-leave"     # a new node joins, the store runs (deletes, tombstones reaped), the node leaves
+    LEADER_KILL = "leader-kill"  # a join or leave, committed, then kill -9 of the Raft leader while it moves
+
+
+@dataclass(frozen=True)
+class RingChange:
+    op: RingOp
+    node: str                    # the member that leaves / is removed / is replaced, or the newcomer of a join
+    new: str | None = None       # replace: the newcomer
+    inner: RingOp | None = None  # leader-kill: the change it interrupts (join or leave)
+    fault: Fault | None = None   # mixed: a node fault injected right after the commit (start_s is unused)
+    gap_s: float = 1.0           # workload time before this change starts
+    down_s: float = 2.0          # leader-kill: how long the killed leader stays down; cycle: time between
+
+    def describe(self) -> str:
+        who = f"{self.node}->{self.new}" if self.new else self.node
+        extra = f" ({self.inner.value})" if self.inner else ""
+        if self.fault is not None:
+            extra += f" + {self.fault.kind.value} {','.join(self.fault.nodes)} for {self.fault.duration_s}s"
+        return f"{self.op.value} {who}{extra} after {self.gap_s}s"
+
+
+def make_ring_schedule(seed: int, ops: list[RingOp], founders: list[str], spares: list[str], changes: int, *,
+                       fault_kinds: list[FaultKind] | None = None, min_members: int = 3,
+                       gap_s: tuple[float, float] = (1.0, 2.5), down_s: tuple[float, float] = (1.5, 3.0),
+                       fault_s: tuple[float, float] = (1.5, 3.0)) -> list[RingChange]:
+    """A seeded sequence of ring changes. The membership is simulated as the schedule is drawn, so every
+    change is possible when it comes: a join or replace takes a spare id (ids are never reused), a leave or
+    remove keeps at least `min_members`. `fault_kinds`: each change also gets a node fault of one of these
+    kinds on another member (mixed schedules). Same seed, same schedule."""
+    rng = random.Random(seed)
+    members = sorted(founders)
+    free = list(spares)
+    out: list[RingChange] = []
+    for _ in range(changes):
+        can_shrink = len(members) > min_members
+        feasible = [op for op in ops
+                    if (op in (RingOp.JOIN, RingOp.REPLACE, RingOp.CYCLE) and free)
+                    or (op in (RingOp.LEAVE, RingOp.REMOVE) and can_shrink)
+                    or (op is RingOp.LEADER_KILL and (free or can_shrink))]
+        if not feasible:
+            break
+        op = rng.choice(feasible)
+        gap = round(rng.uniform(*gap_s), 3)
+        down = round(rng.uniform(*down_s), 3)
+        inner = None
+        if op is RingOp.LEADER_KILL:
+            inner = rng.choice(([RingOp.JOIN] if free else []) + ([RingOp.LEAVE] if can_shrink else []))
+        kind = inner or op
+        new = None
+        if kind in (RingOp.JOIN, RingOp.CYCLE):
+            node = free.pop(0)
+            if kind is RingOp.JOIN:
+                members = sorted(members + [node])
+        elif kind is RingOp.REPLACE:
+            node, new = rng.choice(members), free.pop(0)
+            members = sorted([m for m in members if m != node] + [new])
+        else:
+            node = rng.choice(members)
+            members = [m for m in members if m != node]
+        fault = None
+        if fault_kinds and op is not RingOp.LEADER_KILL:  # one thing out at a time: a killed leader is enough
+            others = [m for m in members if m not in (node, new)]
+            fkind = rng.choice(fault_kinds)
+            victims = tuple(others) if fkind is FaultKind.BRIDGE else (rng.choice(others),)
+            fault = Fault(fkind, victims, 0.0, round(rng.uniform(*fault_s), 3))
+        out.append(RingChange(op, node, new, inner, fault, gap, down))
+    return out
+
+
+class RingNemesis:
+    """Plays a ring schedule on a running cluster through its admin API, as an operator would: stage, commit,
+    wait until every live member has applied the same epoch with no transfer pending, then stop a node
+    that left or was replaced. Node faults of mixed schedules go through a `Nemesis`. `after_change` runs
+    after each change settles (the suite reads every key there). Always leaves the members running."""
+
+    def __init__(self, cluster: Cluster, settle_timeout: float = 60.0,
+                 after_change: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.cluster = cluster
+        self.members = list(cluster.ids)
+        self.faults = Nemesis(cluster)
+        self.settle_timeout = settle_timeout
+        self.after_change = after_change
+        self.windows: list[tuple[float, float]] = []
+        self.log: list[str] = []
+        self._down: set[str] = set()  # members killed by this driver (leader kill), restarted later
+
+    # --- what clients and checks may talk to ------------------------------------------------------------
+
+    def live(self) -> list[str]:
+        """Members whose process runs and answers (not killed, not paused by a fault)."""
+        out = self.faults._paused | self.faults._killed | self._down
+        return [m for m in self.members if self.cluster.alive(m) and m not in out]
+
+    def coordinators(self) -> list[str]:
+        return self.live() or self.members
+
+    def during_change(self, t: float) -> bool:
+        return any(a <= t <= b for a, b in self.windows)
+
+    def _via(self, *avoid: str) -> str:
+        return next(m for m in self.live() if m not in avoid)
+
+    # --- admin --------------------------------------------------------------------------------------------
+
+    async def _admin(self, op: str, body: dict[str, Any], *avoid: str) -> None:
+        """Stage and commit one change; a 503 (no leader right now) is retried until the deadline."""
+        for step, doc in ((op, body), ("commit", {})):
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    status, got = await self.cluster.admin(self._via(*avoid), step, doc)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    status, got = 0, {"reason": repr(exc)}
+                if status == 200:
+                    break
+                if status != 503 and status != 0 or time.monotonic() > deadline:
+                    raise AssertionError(f"admin {step} {doc}: {status} {got}")
+                await asyncio.sleep(0.2)
+
+    async def leader(self) -> str | None:
+        for nid in self.live():
+            try:
+                status, doc = await self.cluster.admin(nid, "members")
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                continue
+            if status == 200 and doc["raft"]["leader"] in self.members:
+                return str(doc["raft"]["leader"])
+        return None
+
+    async def settled(self, nodes: list[str]) -> bool:
+        """Every listed node has applied the same epoch and ring, with nothing staged or pending."""
+        views = set()
+        for nid in nodes:
+            try:
+                st = await self.cluster.status(nid)
+            except (aiohttp.ClientError, AssertionError, asyncio.TimeoutError):
+                return False
+            m = st["membership"]
+            views.add((st["ring"]["epoch"], tuple(st["ring"]["owners"]), bool(m["transfers_pending"]),
+                       bool(m["staged"])))
+        return len(views) == 1 and not any(v[2] or v[3] for v in views)
+
+    async def wait_settled(self, what: str, extra: list[str] | None = None) -> None:
+        await wait_for(lambda: self.settled(self.live() + [n for n in extra or [] if self.cluster.alive(n)]),
+                       self.settle_timeout, f"the ring to settle after {what}", interval=0.2)
+
+    # --- one change ---------------------------------------------------------------------------------------
+
+    async def _start_new(self, nid: str) -> None:
+        self.cluster.start(nid)
+        await self.cluster.wait_healthy(nid)
+
+    async def _stop(self, nid: str) -> None:
+        if self.cluster.alive(nid):
+            self.cluster.kill(nid, signal.SIGTERM)
+
+    async def _with_fault(self, fault: Fault | None, settle: Callable[[], Awaitable[None]]) -> None:
+        """Run `settle` while `fault` (if any) is in force for its duration, then heal and settle again."""
+        if fault is None:
+            await settle()
+            return
+
+        async def play() -> None:
+            await self.faults.inject(fault)
+            await asyncio.sleep(fault.duration_s)
+            await self.faults.heal(fault)
+
+        task = asyncio.create_task(play())
+        try:
+            await settle()
+        finally:
+            await task
+        await settle()
+
+    async def _commit(self, op: RingOp, ch: RingChange) -> list[str]:
+        """Stage and commit the change; returns nodes that are not members any more but still run."""
+        c = self.cluster
+        if op is RingOp.JOIN:
+            await self._start_new(ch.node)
+            await self._admin("join", c.member_doc(ch.node))
+            self.members.append(ch.node)
+            return []
+        if op is RingOp.LEAVE:
+            await self._admin("leave", {"id": ch.node}, ch.node)
+            self.members.remove(ch.node)
+            return [ch.node]
+        if op is RingOp.REMOVE:
+            c.kill(ch.node, signal.SIGKILL)
+            self.members.remove(ch.node)
+            for nid in self.live():
+                await wait_for(lambda nid=nid: c.sees(nid, ch.node, False), 10, f"{nid} to see {ch.node} down")
+            await self._admin("remove", {"id": ch.node})
+            return []
+        assert op is RingOp.REPLACE and ch.new is not None
+        await self._start_new(ch.new)
+        await self._admin("replace", {"old": ch.node, "new": c.member_doc(ch.new)}, ch.node)
+        self.members = [m for m in self.members if m != ch.node] + [ch.new]
+        return [ch.node]
+
+    async def _change(self, op: RingOp, ch: RingChange) -> None:
+        leaving = await self._commit(op, ch)
+        await self._with_fault(ch.fault, lambda: self.wait_settled(f"{op.value} {ch.node}", leaving))
+        for nid in leaving:  # handed off: stop it (a replaced or departed node is not restarted)
+            await self._stop(nid)
+        for nid in self.live():
+            await self.cluster.wait_ready(nid)
+
+    async def apply(self, ch: RingChange) -> None:
+        if ch.op is RingOp.CYCLE:
+            await self._change(RingOp.JOIN, ch)
+            await asyncio.sleep(ch.down_s)  # the workload runs with the newcomer a member (tombstones reaped)
+            await self._change(RingOp.LEAVE, ch)
+            return
+        if ch.op is not RingOp.LEADER_KILL:
+            await self._change(ch.op, ch)
+            return
+        assert ch.inner is not None
+        leaving = await self._commit(ch.inner, ch)
+        leader = await self.leader()
+        if leader is not None:  # kill -9 the Raft leader while the partitions move
+            self.cluster.kill(leader, signal.SIGKILL)
+            self._down.add(leader)
+            self.log.append(f"killed the Raft leader {leader}")
+            await asyncio.sleep(ch.down_s)
+            self.cluster.start(leader)
+            self._down.discard(leader)
+            await self.cluster.wait_healthy(leader)
+        await self.wait_settled(f"{ch.inner.value} {ch.node} with the leader killed", leaving)
+        for nid in leaving:
+            await self._stop(nid)
+        for nid in self.live():
+            await self.cluster.wait_ready(nid)
+
+    async def run(self, schedule: list[RingChange]) -> None:
+        """Play the schedule; always leaves every member running, even on error."""
+        try:
+            for ch in schedule:
+                await asyncio.sleep(ch.gap_s)
+                began = time.monotonic()
+                self.log.append(ch.describe())
+                await self.apply(ch)
+                self.windows.append((began, time.monotonic()))
+                if self.after_change is not None:
+                    await self.after_change()
+        finally:
+            await self.faults.heal_all()
+            for nid in sorted(self._down):
+                self.cluster.start(nid)
+            self._down.clear()

@@ -11,12 +11,9 @@ FAULTS_LONG=1 plays a longer schedule for soak runs.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -28,8 +25,9 @@ import sys
 import uuid
 
 from tests.harness import STRICT_ALL, Cluster, wait_for
-from tests.history import History, Outcome, values_of
+from tests.history import History, values_of
 from tests.nemesis import FaultKind, Nemesis, make_schedule
+from tests.workloads import Stats, Target, blind_writer, elements, set_adder
 
 pytestmark = pytest.mark.cluster
 
@@ -42,90 +40,6 @@ SEED = int(os.environ.get("FAULTS_SEED", "1"))
 LONG = os.environ.get("FAULTS_LONG") == "1"
 FAULTS_PER_RUN = 12 if LONG else 3
 MAX_DOWN = int(os.environ.get("FAULTS_MAX_DOWN", "2"))  # nodes out at once (of 5)
-SET_KEYS = 3
-BLIND_KEYS = 150
-OP_TIMEOUT = aiohttp.ClientTimeout(total=3)
-
-
-@dataclass
-class Stats:
-    """Per-op outcome with its start time: availability is measured over ops begun during a fault."""
-
-    ops: list[tuple[float, bool]] = field(default_factory=list)
-    added: dict[str, set[str]] = field(default_factory=dict)  # key -> elements added by acknowledged writes
-
-    def availability(self, nem: Nemesis) -> tuple[int, float]:
-        during = [ok for t, ok in self.ops if nem.during_fault(t)]
-        return len(during), (sum(during) / len(during) if during else float("nan"))
-
-
-def _elements(values: set[bytes]) -> set[str]:
-    out: set[str] = set()
-    for v in values:
-        out |= set(json.loads(v))
-    return out
-
-
-async def _set_adder(c: Cluster, s: aiohttp.ClientSession, cid: int, prefix: str, headers: dict[str, str],
-                     h: History, st: Stats, rng: random.Random, stop: asyncio.Event) -> None:
-    i = 0
-    while not stop.is_set():
-        key = f"{prefix}set{rng.randrange(SET_KEYS)}"
-        node = rng.choice(c.ids)
-        t = time.monotonic()
-        i += 1
-        elem = f"c{cid}-{i}"
-        try:
-            async with s.get(f"{c.url(node)}/kv/{key}", headers={**headers, "Accept": "application/json"},
-                             timeout=OP_TIMEOUT) as r:
-                body = await r.read()
-                if r.status not in (200, 300, 404):
-                    st.ops.append((t, False))
-                    continue
-                read = values_of(r.status, dict(r.headers), body)
-                ctx = r.headers.get("X-Context")
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            st.ops.append((t, False))
-            await asyncio.sleep(0.05)  # a dead coordinator refuses at once: do not spin
-            continue
-        value = json.dumps(sorted(_elements(read) | {elem})).encode()
-        put_headers = dict(headers)
-        if ctx:
-            put_headers["X-Context"] = ctx
-        try:
-            async with s.put(f"{c.url(node)}/kv/{key}", data=value, headers=put_headers, timeout=OP_TIMEOUT) as r:
-                await r.read()
-                ok = r.status == 204
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            h.record(key, value, Outcome.UNKNOWN, frozenset(read))
-            st.ops.append((t, False))
-            continue
-        h.record(key, value, Outcome.OK if ok else Outcome.FAILED, frozenset(read))
-        st.ops.append((t, ok))
-        if ok:
-            st.added.setdefault(key, set()).add(elem)
-
-
-async def _blind_writer(c: Cluster, s: aiohttp.ClientSession, cid: int, prefix: str, headers: dict[str, str],
-                        h: History, st: Stats, rng: random.Random, stop: asyncio.Event) -> None:
-    i = 0
-    while not stop.is_set():
-        key = f"{prefix}b{rng.randrange(BLIND_KEYS):03d}"
-        node = rng.choice(c.ids)
-        i += 1
-        value = f"w{cid}-{i}".encode()
-        t = time.monotonic()
-        try:
-            async with s.put(f"{c.url(node)}/kv/{key}", data=value, headers=headers, timeout=OP_TIMEOUT) as r:
-                await r.read()
-                ok = r.status == 204
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            h.record(key, value, Outcome.UNKNOWN)
-            st.ops.append((t, False))
-            await asyncio.sleep(0.05)
-            continue
-        h.record(key, value, Outcome.OK if ok else Outcome.FAILED)
-        st.ops.append((t, ok))
 
 
 async def _per_partition_roots_agree(c: Cluster) -> bool:
@@ -159,10 +73,10 @@ async def _one_run(c: Cluster, kinds: list[FaultKind], sloppy: bool, seed: int) 
     h, st, nem = History(), Stats(), Nemesis(c)
     stop = asyncio.Event()
     rng = random.Random(seed * 1000 + 7)
+    target = Target(lambda: c.ids, c.url, headers, prefix, strict=not sloppy)
     async with aiohttp.ClientSession() as s:
-        clients = [_set_adder(c, s, k, prefix, headers, h, st, random.Random(rng.random()), stop) for k in range(3)]
-        clients += [_blind_writer(c, s, 10 + k, prefix, headers, h, st, random.Random(rng.random()), stop)
-                    for k in range(2)]
+        clients = [set_adder(s, target, k, h, st, random.Random(rng.random()), stop) for k in range(3)]
+        clients += [blind_writer(s, target, 10 + k, h, st, random.Random(rng.random()), stop) for k in range(2)]
         tasks = [asyncio.create_task(x) for x in clients]
         try:
             await nem.run(schedule)
@@ -190,9 +104,9 @@ async def _check(c: Cluster, label: str, h: History, st: Stats, nem: Nemesis) ->
     report.lost = lost
     for key, elems in st.added.items():  # set semantics: every acknowledged add is in the merged siblings
         status, hd, body = await c.get("n1", key, STRICT_ALL)
-        missing = elems - _elements(values_of(status, hd, body))
+        missing = elems - elements(values_of(status, hd, body))
         assert not missing, f"{label}: {key} lost acknowledged adds {sorted(missing)[:10]}"
-    n_during, avail = st.availability(nem)
+    n_during, avail = st.availability(nem.during_fault)
     return (f"{label}: acknowledged={report.acknowledged} lost={len(report.lost)} unknown={report.unknown} "
             f"failed={report.failed} unexpected={len(report.unexpected)} "
             f"availability during faults={avail:.1%} of {n_during} ops")

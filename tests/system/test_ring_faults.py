@@ -1,0 +1,48 @@
+"""Ring changes under faults (issue 14): seeded membership schedules on a real 4-node cluster (N=3) while
+clients add to sets, blind-write, delete and read at strict quorums (tests/ringfaults.py). Each run asserts
+lost == resurrected == stale_strict == 0 (tests/history.py `verify`; `Violation` otherwise).
+
+Seeds: RING_FAULTS_SEED (default 1) replays a run (the schedule is printed); `python -m bench.ring_faults
+--seed S --kind K` prints the counts of any kind without asserting.
+
+Runs marked xfail(strict=True, raises=Violation) fail on today's main because of issue 14's bugs 1-5 (fixed
+on the ringsafety branch): they may not pass silently, and any other failure still fails. Whoever merges
+the fixes removes the marks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.harness import Cluster
+from tests.history import Violation
+from tests.ringfaults import FOUNDERS, SETTINGS, run_kind
+
+pytestmark = pytest.mark.cluster
+
+SEED = int(os.environ.get("RING_FAULTS_SEED", "1"))
+
+
+def _issue14(why: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, raises=Violation, reason=f"issue 14: {why}")
+
+
+@pytest.mark.parametrize("kind", [
+    "join",
+    pytest.param("leave", marks=_issue14("a leave makes a node primary of a partition it never received "
+                                         "(bug 1): R=1 strict reads of W=ALL keys answer 404 there")),
+    pytest.param("remove", marks=_issue14("a remove pulls in primaries that never received the partition (bug 1)")),
+    pytest.param("join-leave", marks=_issue14("a reaped delete comes back when the partition returns to its "
+                                              "former owner (bug 2), and the leave's stale reads (bug 1)")),
+    "leader-kill",
+    pytest.param("mixed", marks=_issue14("leave/remove/replace under kill and pause (bugs 1-4)")),
+])
+async def test_ring_changes_lose_nothing_resurrect_nothing_and_read_fresh(make_cluster: Callable[..., Any],
+                                                                         kind: str) -> None:
+    c: Cluster = await make_cluster(FOUNDERS, SETTINGS)
+    res = await run_kind(c, kind, SEED)
+    res.report.assert_clean(f"{kind} seed={SEED}")
