@@ -49,7 +49,7 @@ class Kind:
 
 # Each kind starts from FOUNDERS nodes with three spare ids (n5..n7): a leave or remove keeps >= 3 members.
 SCHEDULES: dict[str, Kind] = {
-    "join": Kind([RingOp.JOIN], 2),
+    "join": Kind([RingOp.JOIN], 1),
     "leave": Kind([RingOp.LEAVE], 1),
     "remove": Kind([RingOp.REMOVE], 1),
     "replace": Kind([RingOp.REPLACE], 1),

@@ -62,6 +62,15 @@ def test_a_read_concurrent_with_the_delete_may_still_see_the_value() -> None:
     assert h.verify({"k": set()}).resurrected == []
 
 
+def test_a_value_an_unacknowledged_delete_covered_is_neither_lost_nor_resurrected() -> None:
+    h = History(n_val=3)
+    h.record("k", b"v1", Outcome.OK, start=0.0, end=1.0, quorum=2, strict=True)
+    h.record_delete("k", frozenset({b"v1"}), Outcome.UNKNOWN, 2.0, 5.0, quorum=2, strict=True)  # may have landed
+    for final in (set(), {b"v1"}):
+        report = h.verify({"k": final})
+        assert (report.lost, report.resurrected) == ([], [])
+
+
 def test_a_failed_delete_does_not_count_and_a_new_value_after_a_delete_is_fine() -> None:
     h = History(n_val=3)
     h.record("k", b"v1", Outcome.OK, start=0.0, end=1.0)
