@@ -68,6 +68,7 @@ async def main(args: argparse.Namespace) -> None:
         t0 = time.monotonic()
         status, doc = await c.admin("n1", "commit", {})
         assert status == 200, doc
+        nem.epoch = int(doc["epoch"])  # settled: every node has applied at least this epoch
         await wait_for(lambda: nem.settled(c.ids), args.timeout, "no transfer pending on any node", interval=0.05)
         secs = time.monotonic() - t0
         received = {nid: (await c.status(nid))["transfers"]["keys_received"] for nid in ("n1", "n2", "n3")}

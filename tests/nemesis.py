@@ -252,6 +252,7 @@ class RingNemesis:
         self.windows: list[tuple[float, float]] = []
         self.log: list[str] = []
         self._down: set[str] = set()  # members killed by this driver (leader kill), restarted later
+        self.epoch = 0  # the ring epoch of the last commit: settled means every node has applied at least it
 
     # --- what clients and checks may talk to ------------------------------------------------------------
 
@@ -281,6 +282,7 @@ class RingNemesis:
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     status, got = 0, {"reason": repr(exc)}
                 if status == 200:
+                    self.epoch = max(self.epoch, int(got.get("epoch") or 0))
                     break
                 if status != 503 and status != 0 or time.monotonic() > deadline:
                     raise AssertionError(f"admin {step} {doc}: {status} {got}")
@@ -297,7 +299,8 @@ class RingNemesis:
         return None
 
     async def settled(self, nodes: list[str]) -> bool:
-        """Every listed node has applied the same epoch and ring, with nothing staged or pending."""
+        """Every listed node has applied the same epoch and ring (at least the last commit's), with nothing
+        staged or pending."""
         views = set()
         for nid in nodes:
             try:
@@ -307,7 +310,7 @@ class RingNemesis:
             m = st["membership"]
             views.add((st["ring"]["epoch"], tuple(st["ring"]["owners"]), bool(m["transfers_pending"]),
                        bool(m["staged"])))
-        return len(views) == 1 and not any(v[2] or v[3] for v in views)
+        return len(views) == 1 and not any(v[2] or v[3] or v[0] < self.epoch for v in views)
 
     async def wait_settled(self, what: str, extra: list[str] | None = None) -> None:
         await wait_for(lambda: self.settled(self.live() + [n for n in extra or [] if self.cluster.alive(n)]),
