@@ -92,6 +92,8 @@ class Cluster:
         cmd = [sys.executable, "-m", "dynamostore", "node", "--config", str(self.config), "--id", nid]
         if int(nid[1:]) > self.nodes:
             cmd += ["--http-port", str(self.http_port(nid)), "--rpc-port", str(self.rpc_port(nid))]
+            if self.hosts[nid] != "127.0.0.1":  # own_addresses: a newcomer listens on its own address too
+                cmd += ["--host", self.hosts[nid]]
         self.procs[nid] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                            env={**os.environ, **env} if env else None)
 
@@ -184,7 +186,10 @@ class Cluster:
             return r.status, await r.json()
 
     def member_doc(self, nid: str) -> dict[str, Any]:
-        return {"id": nid, "http_port": self.http_port(nid), "rpc_port": self.rpc_port(nid)}
+        doc: dict[str, Any] = {"id": nid, "http_port": self.http_port(nid), "rpc_port": self.rpc_port(nid)}
+        if self.hosts[nid] != "127.0.0.1":
+            doc |= {"http_host": self.hosts[nid], "rpc_host": self.hosts[nid]}
+        return doc
 
     async def close(self) -> None:
         for p in self.procs.values():

@@ -81,12 +81,14 @@ class Nemesis:
     _paused: set[str] = field(default_factory=set)
     _killed: set[str] = field(default_factory=set)
     _rules: list[list[str]] = field(default_factory=list)  # iptables rules in force, to delete on heal
+    nodes: Callable[[], list[str]] | None = None  # the members a partition cuts from (default: the founders)
 
     def _cut(self, side: tuple[str, ...], others: list[str] | None = None) -> None:
         """Drop every packet between `side` and `others` (default: every other node), both ways."""
         hosts = self.cluster.hosts
         if others is None:
-            others = [n for n in self.cluster.ids if n not in side]
+            pool = self.nodes() if self.nodes is not None else self.cluster.ids
+            others = [n for n in pool if n not in side]
         for a in side:
             for b in others:
                 for src, dst in ((hosts[a], hosts[b]), (hosts[b], hosts[a])):
@@ -246,7 +248,7 @@ class RingNemesis:
                  after_change: Callable[[], Awaitable[None]] | None = None) -> None:
         self.cluster = cluster
         self.members = list(cluster.ids)
-        self.faults = Nemesis(cluster)
+        self.faults = Nemesis(cluster, nodes=lambda: self.members)
         self.settle_timeout = settle_timeout
         self.after_change = after_change
         self.windows: list[tuple[float, float]] = []
@@ -313,8 +315,28 @@ class RingNemesis:
         return len(views) == 1 and not any(v[2] or v[3] or v[0] < self.epoch for v in views)
 
     async def wait_settled(self, what: str, extra: list[str] | None = None) -> None:
-        await wait_for(lambda: self.settled(self.live() + [n for n in extra or [] if self.cluster.alive(n)]),
-                       self.settle_timeout, f"the ring to settle after {what}", interval=0.2)
+        def nodes() -> list[str]:
+            return self.live() + [n for n in extra or [] if self.cluster.alive(n)]
+
+        try:
+            await wait_for(lambda: self.settled(nodes()), self.settle_timeout, f"the ring to settle after {what}",
+                           interval=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} (commit epoch {self.epoch}); views: {await self.views(nodes())}") from None
+
+    async def views(self, nodes: list[str]) -> dict[str, Any]:
+        """Each node's membership view, for a failure message."""
+        out: dict[str, Any] = {}
+        for nid in nodes:
+            try:
+                st = await self.cluster.status(nid)
+            except (aiohttp.ClientError, AssertionError, asyncio.TimeoutError) as exc:
+                out[nid] = repr(exc)
+                continue
+            m = st["membership"]
+            out[nid] = {"epoch": st["ring"]["epoch"], "members": m["members"], "staged": m["staged"],
+                        "transfers_pending": m["transfers_pending"], "raft_leader": st["raft"].get("leader")}
+        return out
 
     # --- one change ---------------------------------------------------------------------------------------
 

@@ -56,7 +56,11 @@ SCHEDULES: dict[str, Kind] = {
     "join-leave": Kind([RingOp.CYCLE], 1),
     "leader-kill": Kind([RingOp.LEADER_KILL], 2),
     "mixed": Kind(list(RingOp), 3, [FaultKind.KILL, FaultKind.PAUSE]),
+    # network partitions need one address per node and a network namespace (test_ring_faults re-runs itself
+    # under `ip netns exec`, as test_faults does); `run_kind` is given such a cluster
+    "mixed-partition": Kind(list(RingOp), 3, [FaultKind.PARTITION]),
 }
+NEEDS_NETNS = {"mixed-partition"}
 
 
 @dataclass

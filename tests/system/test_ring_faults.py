@@ -13,6 +13,10 @@ the fixes removes the marks.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -48,3 +52,39 @@ async def test_ring_changes_lose_nothing_resurrect_nothing_and_read_fresh(make_c
     c: Cluster = await make_cluster(FOUNDERS, SETTINGS)
     res = await run_kind(c, kind, SEED)
     res.report.assert_clean(f"{kind} seed={SEED}")
+
+
+IN_NETNS = os.environ.get("RING_FAULTS_IN_NETNS") == "1"
+
+
+@pytest.mark.skipif(not IN_NETNS, reason="runs inside the namespace made by test_ring_changes_under_partitions")
+async def test_ring_partitions_inside_namespace(make_cluster: Callable[..., Any]) -> None:
+    c: Cluster = await make_cluster(FOUNDERS, SETTINGS, own_addresses=True)
+    res = await run_kind(c, "mixed-partition", SEED)
+    res.report.assert_clean(f"mixed-partition seed={SEED}")
+
+
+def test_ring_changes_under_partitions() -> None:
+    """Ring changes, each with a member cut off from the others by iptables for 1.5-3 s, inside a network
+    namespace made for this test (one loopback address per node, as tests/system/test_faults.py does)."""
+    if IN_NETNS:
+        pytest.skip("already inside the namespace")
+    missing = [tool for tool in ("ip", "iptables") if shutil.which(tool) is None]
+    if missing or os.geteuid() != 0:
+        pytest.skip(f"needs root and {', '.join(missing) or 'ip/iptables'} (.ci/run installs them)")
+    ns = f"ds-ring-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+        inner = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+             f"{__file__}::test_ring_partitions_inside_namespace"],
+            env={**os.environ, "RING_FAULTS_IN_NETNS": "1"}, capture_output=True, text=True, timeout=600,
+        )
+        print(inner.stdout[-4000:])
+        if "Violation" in inner.stdout and inner.returncode != 0:
+            raise Violation(inner.stdout[-2000:])
+        assert inner.returncode == 0, inner.stdout[-4000:] + inner.stderr[-2000:]
+        assert "1 passed" in inner.stdout
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
