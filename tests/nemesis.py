@@ -248,7 +248,8 @@ class RingNemesis:
                  after_change: Callable[[], Awaitable[None]] | None = None) -> None:
         self.cluster = cluster
         self.members = list(cluster.ids)
-        self.faults = Nemesis(cluster, nodes=lambda: self.members)
+        # a partition cuts its side from every running node: the members, and a departing node still handing off
+        self.faults = Nemesis(cluster, nodes=lambda: [n for n in cluster.procs if cluster.alive(n)])
         self.settle_timeout = settle_timeout
         self.after_change = after_change
         self.windows: list[tuple[float, float]] = []
