@@ -33,7 +33,8 @@ async def console() -> AsyncIterator[tuple[int, list[int]]]:
 
     stub = SimpleNamespace(get=_unused, put=_unused, delete=_unused, empty_key=_unused,
                            limits=SimpleNamespace(max_value_bytes=1024))
-    ops = SimpleNamespace(health=_unused, status=_unused, metrics=_unused, openapi=_unused, debug_delay=_unused)
+    ops = SimpleNamespace(health=_unused, ready=_unused, status=_unused, metrics=_unused, openapi=_unused,
+                          debug_delay=_unused)
     exact, prefixed = console_routes(ConsoleApi(history))
     server: HttpServer = build_server(stub, ops, {}, NodeMetrics("n1"), extra=exact,  # type: ignore[arg-type]
                                       prefixed=prefixed)
