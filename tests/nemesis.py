@@ -382,8 +382,13 @@ class RingNemesis:
         if op is RingOp.REMOVE:
             c.kill(ch.node, signal.SIGKILL)
             self.members.remove(ch.node)
+            gone = ch.node
+
+            def down_at(nid: str) -> Callable[[], Awaitable[bool]]:
+                return lambda: c.sees(nid, gone, False)
+
             for nid in self.live():
-                await wait_for(lambda nid=nid: c.sees(nid, ch.node, False), 10, f"{nid} to see {ch.node} down")
+                await wait_for(down_at(nid), 10, f"{nid} to see {gone} down")
             await self._admin("remove", {"id": ch.node})
             return []
         assert op is RingOp.REPLACE and ch.new is not None
