@@ -6,13 +6,22 @@ wait on instead: each missing condition alone makes the node not ready, and says
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
+import aiohttp
 import pytest
 
 from dynamostore.api.ops import OpsApi, ReadyFacts, ready_reasons
 from dynamostore.api.server import Request
+from dynamostore.cli.localcluster import free_base_port
 from dynamostore.metrics import NodeMetrics
 from dynamostore.security.authz import Policy
 
@@ -75,3 +84,30 @@ async def test_an_ops_api_without_readiness_wired_is_never_ready() -> None:
 
 def test_readiness_is_open_like_health() -> None:
     assert Policy().required("GET", "/health/ready", "") is None
+
+
+@pytest.mark.cluster
+async def test_dynamostore_cluster_reports_running_only_once_every_node_takes_admin_changes(tmp_path: Path) -> None:
+    """`dynamostore cluster` waits on readiness: when it says "cluster running", every node answers
+    /health/ready 200 and an admin change proposed right then is applied, not refused "not bootstrapped"."""
+    base = free_base_port(3)
+    out = tmp_path / "cluster.out"
+    with open(out, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "dynamostore", "cluster", "--nodes", "3", "--data-dir",
+                                 str(tmp_path / "data"), "--base-port", str(base)],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "cluster running" not in out.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+            await asyncio.sleep(0.05)
+        async with aiohttp.ClientSession() as s:
+            for k in range(3):
+                async with s.get(f"http://127.0.0.1:{base + k}/health/ready") as r:
+                    doc = await r.json()
+                    assert r.status == 200 and doc["ready"] is True and doc["raft_leader"], doc
+            async with s.post(f"http://127.0.0.1:{base + 2}/admin/clear", json={}) as r:
+                assert r.status == 200, await r.text()
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
