@@ -276,9 +276,13 @@ class RingNemesis:
     # --- admin --------------------------------------------------------------------------------------------
 
     async def _admin(self, op: str, body: dict[str, Any], *avoid: str) -> None:
-        """Stage and commit one change; a 503 (no leader right now) is retried until the deadline."""
+        """Stage and commit one change; a 503 (no leader right now) or a lost answer is retried until the
+        deadline. Such a request may still have been applied (a proposal answered 503 after 10 s can commit
+        later, as in any Raft client), so a 409 after one is checked against the membership itself."""
+        before = await self._members(*avoid)
         for step, doc in ((op, body), ("commit", {})):
             deadline = time.monotonic() + 30
+            ambiguous = False
             while True:
                 try:
                     status, got = await self.cluster.admin(self._via(*avoid), step, doc)
@@ -287,9 +291,32 @@ class RingNemesis:
                 if status == 200:
                     self.epoch = max(self.epoch, int(got.get("epoch") or 0))
                     break
-                if status != 503 and status != 0 or time.monotonic() > deadline:
+                if status == 409 and ambiguous:  # did the earlier attempt take effect after all?
+                    now = await self._members(*avoid)
+                    if step != "commit" and now["staged"]:
+                        break
+                    if step == "commit" and not now["staged"] and now["epoch"] > before["epoch"]:
+                        self.epoch = max(self.epoch, int(now["epoch"]))
+                        self.log.append(f"{op}: an ambiguous commit had committed (epoch {now['epoch']})")
+                        break
+                if status not in (0, 503) or time.monotonic() > deadline:
                     raise AssertionError(f"admin {step} {doc}: {status} {got}")
+                ambiguous = True
                 await asyncio.sleep(0.2)
+
+    async def _members(self, *avoid: str) -> dict[str, Any]:
+        """The committed membership (a linearizable read through a live member), retried until there is one."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, doc = await self.cluster.admin(self._via(*avoid), "members")
+                if status == 200:
+                    return doc
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("no linearizable read of the membership for 30 s")
+            await asyncio.sleep(0.2)
 
     async def leader(self) -> str | None:
         for nid in self.live():
