@@ -6,8 +6,8 @@ Starts 4 nodes (tests/harness.py, waiting on /health/ready), writes K keys at W=
 primary holds each key before the ring changes), stages `leave n4` through n1 and commits it, then waits
 until every node has applied the same epoch with no transfer pending. Prints the keys loaded, the seconds
 from commit to no pending transfers, the keys streamed to the remaining nodes, then stops n4 and reads a
-sample of keys through each remaining node at R=1 strict and at R=ALL strict (each a promise of a W=ALL write: a 404 there
-is issue 14's bug 1, a partition's new primary that never received it).
+sample of keys through each remaining node at R=1 strict and at R=ALL strict (each a promise of a W=ALL
+write: a 404 there is issue 14's bug 1, a partition's new primary that never received it).
 """
 
 from __future__ import annotations

@@ -241,8 +241,9 @@ def make_ring_schedule(seed: int, ops: list[RingOp], founders: list[str], spares
 class RingNemesis:
     """Plays a ring schedule on a running cluster through its admin API, as an operator would: stage, commit,
     wait until every live member has applied the same epoch with no transfer pending (the members: a node
-    that left or was replaced is not asked), then stop a node that left or was replaced. Node faults of mixed schedules go through a `Nemesis`. `after_change` runs
-    after each change settles (the suite reads every key there). Always leaves the members running."""
+    that left or was replaced is not asked), then stop a node that left or was replaced. Node faults of mixed
+    schedules go through a `Nemesis`. `after_change` runs after each change settles (the suite reads every key
+    there). Always leaves the members running."""
 
     def __init__(self, cluster: Cluster, settle_timeout: float = 60.0,
                  after_change: Callable[[], Awaitable[None]] | None = None) -> None:

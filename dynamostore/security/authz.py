@@ -1,8 +1,8 @@
 """Which permission each HTTP route needs: pure, decided from the method, path and query string alone.
 
-`/health` and `/health/ready` are always open (load balancers and `dynamostore cluster` probe them); `/openapi.json` and the console's
-files (`/ui`, `/ui/...`) are open (they hold no data: the console's page asks for a token and sends it with
-every request it makes). `/status`, `/status/history` and `/metrics` need the permission the operator
+`/health` and `/health/ready` are always open (load balancers and `dynamostore cluster` probe them);
+`/openapi.json` and the console's files (`/ui`, `/ui/...`) are open (they hold no data: the console's page
+asks for a token and sends it with every request it makes). `/status`, `/status/history` and `/metrics` need the permission the operator
 configured (`[security] status_access`, `metrics_access`: "open", "read" or "admin"; default "read", so a
 Prometheus scraper gets a read token). Keys: GET and HEAD need read, and so does the key inspector
 (`/debug/kv/...`, which shows what a read would); PUT, POST and DELETE need write (and read as well when
