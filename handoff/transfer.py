@@ -1,12 +1,17 @@
 """Ownership transfer planning (pure): what a node streams or receives when ring slots change owner.
 
-A ``Transfer(partition=slot, source, target)`` of the membership state (ring/membership.py) makes
-``target`` a primary of every key partition listed by ``gained_key_partitions`` (the slot itself and the key
-partitions just before it whose N primaries reach the slot). Each of those key partitions is one
-``Stream``: its data, a contiguous storage-key range (``storage.partition_prefix``), is copied from a node
-that holds it: the transfer's source when that is one of the key partition's primaries, otherwise (the
-old owner is being removed as dead) the first surviving primary. A node sends the streams whose source
-is itself and receives the transfers whose target is itself.
+A ``Transfer(partition=slot, source, target)`` of the membership state (ring/membership.py) changes the
+primaries of the key partitions whose N primaries reach the slot: ``target`` joins some of them, and when
+the preference lists collapse (the target already owns a slot nearby) a node further along the ring joins
+others. Every (key partition, gaining node) pair (``membership.preference_changes``) is one ``Stream``: the
+key partition's data, a contiguous storage-key range (``storage.partition_prefix``), is copied to the
+gaining node (the stream's ``receiver``) from a node that holds it: the transfer's source when that is one
+of the key partition's primaries, otherwise (the old owner is being removed as dead) the first surviving
+primary. A node sends the streams whose source is itself and receives those whose receiver is itself.
+
+Each stream makes two passes: the second (``Cursor.final``) catches the writes that reached the old
+primaries only (made by coordinators that had not applied the commit yet, or while the first pass was
+already past their key).
 
 Resumability: a ``Cursor`` per stream records the last storage key the *receiver* has durably written.
 The receiver persists it (``encode_cursor`` under ``cursor_key`` in its "meta" namespace) after each
@@ -16,8 +21,9 @@ A cursor from an older plan epoch is obsolete.
 
 Pacing: the receiver sizes each batch with the shared token bucket (``ring.pacing.TokenBucket``, keys per
 second, time passed in) and ``BatchPolicy``.
-Completion: when every stream of a transfer is done the receiver proposes ``done_command(...)``; ownership
-moves only when that entry is applied.
+Completion: the transfer's target asks the other receivers whether their streams are done, and when every
+stream is, proposes ``done_command(...)`` naming them; ownership moves only when that entry is applied, and
+the state machine refuses it if the ring changed since so that another node gains too.
 """
 
 from __future__ import annotations
@@ -35,10 +41,11 @@ CURSOR_VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class Stream:
-    """Copy key partition ``key_partition`` from ``source`` to the transfer's target."""
+    """Copy key partition ``key_partition`` from ``source`` to ``receiver`` (a node that gains it)."""
 
     key_partition: int
     source: str
+    receiver: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +53,7 @@ class TransferPlan:
     transfer: Transfer
     plan_epoch: int
     streams: tuple[Stream, ...]
+    unsourced: tuple[tuple[int, str], ...] = ()  # gained pairs no surviving replica can stream (nothing to wait for)
 
 
 def gained_key_partitions(state: MembershipState, t: Transfer) -> tuple[int, ...]:
@@ -60,15 +68,18 @@ def plan_transfer(state: MembershipState, t: Transfer) -> TransferPlan:
     ring = state.ring
     assert ring is not None, "not bootstrapped"
     streams: list[Stream] = []
-    for k in gained_key_partitions(state, t):
+    unsourced: list[tuple[int, str]] = []
+    for k, node in membership.required_ready(state, t):
         primaries = ring.walk(k)[: state.n_val]
         if t.source in primaries and t.source not in state.down:
             src: str | None = t.source
         else:
-            src = next((p for p in primaries if p not in state.down and p != t.target), None)
-        if src is not None:  # no surviving replica: nothing to copy (the plan refuses that case upfront)
-            streams.append(Stream(k, src))
-    return TransferPlan(t, state.plan_epoch, tuple(streams))
+            src = next((p for p in primaries if p not in state.down and p != node), None)
+        if src is not None:
+            streams.append(Stream(k, src, node))
+        else:  # no surviving replica: nothing to copy (the plan refuses that case for the slot upfront)
+            unsourced.append((k, node))
+    return TransferPlan(t, state.plan_epoch, tuple(streams), tuple(unsourced))
 
 
 def outgoing(state: MembershipState, me: str) -> list[tuple[TransferPlan, Stream]]:
@@ -81,8 +92,18 @@ def outgoing(state: MembershipState, me: str) -> list[tuple[TransferPlan, Stream
 
 
 def incoming(state: MembershipState, me: str) -> list[TransferPlan]:
-    """Transfers whose target is this node (it tracks their completion and proposes TransferDone)."""
-    return [plan_transfer(state, t) for t in state.transfers if t.target == me]
+    """Transfers this node receives a stream of, or is the target of (the target tracks every receiver's
+    completion and proposes TransferDone)."""
+    out: list[TransferPlan] = []
+    for t in state.transfers:
+        tp = plan_transfer(state, t)
+        if t.target == me or any(s.receiver == me for s in tp.streams):
+            out.append(tp)
+    return out
+
+
+def my_streams(tp: TransferPlan, me: str) -> tuple[Stream, ...]:
+    return tuple(s for s in tp.streams if s.receiver == me)
 
 
 # ---- cursors -----------------------------------------------------------------------------------------------
@@ -95,18 +116,22 @@ class Cursor:
     target: str
     key_partition: int
     last_key: bytes | None = None  # last storage key durably written at the target; None: start
-    keys: int = 0  # keys received so far (for progress reports)
+    keys: int = 0  # keys received so far by the first pass (for progress reports)
     done: bool = False
+    final: bool = False  # the catch-up pass (the second scan of the key partition)
 
     def advance(self, last_key: bytes, count: int) -> Cursor:
         if self.done:
             raise ValueError("stream already finished")
         if self.last_key is not None and last_key <= self.last_key:
             raise ValueError("a cursor only moves forward")
-        return replace(self, last_key=last_key, keys=self.keys + count)
+        return replace(self, last_key=last_key, keys=self.keys + (0 if self.final else count))
 
     def finish(self) -> Cursor:
-        return replace(self, done=True)
+        """The end of a pass: the first one starts the catch-up pass over, the catch-up pass is the end."""
+        if self.final:
+            return replace(self, done=True)
+        return replace(self, last_key=None, final=True)
 
 
 def new_cursor(tp: TransferPlan, stream: Stream) -> Cursor:
@@ -114,25 +139,30 @@ def new_cursor(tp: TransferPlan, stream: Stream) -> Cursor:
 
 
 def cursor_key(tp: TransferPlan, stream: Stream) -> bytes:
-    """Meta-namespace key of a stream's cursor (one per plan epoch, slot, target and key partition)."""
-    t = tp.transfer
-    return f"transfer/{tp.plan_epoch}/{t.partition}/{t.target}/{stream.key_partition}".encode()
+    """Meta-namespace key of a stream's cursor on its receiver (one per plan epoch, slot, target and key
+    partition)."""
+    return cursor_key_of(tp.plan_epoch, tp.transfer.partition, tp.transfer.target, stream.key_partition)
+
+
+def cursor_key_of(plan_epoch: int, slot: int, target: str, key_partition: int) -> bytes:
+    return f"transfer/{plan_epoch}/{slot}/{target}/{key_partition}".encode()
 
 
 def encode_cursor(c: Cursor) -> bytes:
-    return bytes(
-        msgpack.packb([CURSOR_VERSION, c.plan_epoch, c.slot, c.target, c.key_partition, c.last_key, c.keys, c.done])
-    )
+    return bytes(msgpack.packb([CURSOR_VERSION, c.plan_epoch, c.slot, c.target, c.key_partition, c.last_key, c.keys,
+                                c.done, c.final]))
 
 
 def decode_cursor(data: bytes) -> Cursor:
     try:
-        v, epoch, slot, target, kp, last, keys, done = msgpack.unpackb(data)
+        v, epoch, slot, target, kp, last, keys, done, *more = msgpack.unpackb(data)
     except Exception as e:  # msgpack's many error types, or the wrong shape
         raise ValueError(f"not a transfer cursor: {e}") from e
     if v != CURSOR_VERSION:
         raise ValueError(f"cursor version {v!r} is not {CURSOR_VERSION}")
-    return Cursor(int(epoch), int(slot), str(target), int(kp), None if last is None else bytes(last), int(keys), bool(done))
+    final = bool(more[0]) if more else bool(done)  # a cursor saved before the catch-up pass existed
+    return Cursor(int(epoch), int(slot), str(target), int(kp), None if last is None else bytes(last), int(keys),
+                  bool(done), final)
 
 
 def resume(tp: TransferPlan, stream: Stream, saved: Cursor | None) -> Cursor:
@@ -167,8 +197,11 @@ def transfer_complete(tp: TransferPlan, cursors: Mapping[int, Cursor]) -> bool:
 
 
 def done_command(tp: TransferPlan) -> TransferDone:
+    """The entry that moves ownership; it names every stream's receiver as ready (the state machine refuses
+    it if, on the ring it is applied to, some other node gains a key partition)."""
     t = tp.transfer
-    return TransferDone(t.partition, t.source, t.target, tp.plan_epoch)
+    ready = tuple(sorted({(s.key_partition, s.receiver) for s in tp.streams} | set(tp.unsourced)))
+    return TransferDone(t.partition, t.source, t.target, tp.plan_epoch, ready)
 
 
 def still_pending(state: MembershipState, tp: TransferPlan) -> bool:

@@ -12,8 +12,14 @@ reads for a partition only after its stream finished and the hand-over is in the
 with nothing left to hand over becomes removed; a joining node that received everything becomes active.
 
 Ownership of ring slot p affects more than the keys hashed to p: the owner of p is also a primary for
-the keys of the partitions just before it (see ``covered_key_partitions``). ``pending_write_targets``
-tells the coordinator which new owners must receive writes for a key partition while a move is pending.
+the keys of the partitions just before it (see ``covered_key_partitions``), and when p moves to a node that
+already owns a slot nearby, the preference lists of those key partitions collapse and pull in a node further
+along the ring. ``preference_changes`` diffs the preference lists before and after one transfer: every node
+that joins a key partition's primaries gains it (a *pending owner* until the transfer is done), every node
+that drops out of them loses it. ``pending_write_targets`` tells the coordinator which pending owners must
+receive writes for a key partition while a move is pending; a ``TransferDone`` names the (key partition,
+node) pairs whose streams finished, and is refused unless they cover every gaining node of the ring it is
+applied to (a ring changed by another transfer since may pull in another node).
 
 The state also carries the cluster's client API tokens (``ring.tokens``: ``AddToken``/``RevokeToken``, hashes
 only), so every node authenticates clients against the same set, changed in log order like everything else.
@@ -128,6 +134,9 @@ class TransferDone:
     source: str
     target: str
     epoch: int
+    # (key partition, node) pairs that hold their gained partitions; None: an entry written before nodes
+    # checked that (applied unchecked, so old logs replay to the same state)
+    ready: tuple[tuple[int, str], ...] | None = None
 
 
 Change = Union[StageJoin, StageLeave, StageRemove, StageReplace]
@@ -165,8 +174,8 @@ class MembershipState:
         extra: dict[int, set[str]] = {}
         if self.ring is not None:
             for t in self.transfers:
-                for k in gained_key_partitions(self.ring, self.n_val, t):
-                    extra.setdefault(k, set()).add(t.target)
+                for k, node in preference_changes(self.ring, self.n_val, t)[0]:
+                    extra.setdefault(k, set()).add(node)
         object.__setattr__(self, "_extra", {k: tuple(sorted(v)) for k, v in extra.items()})
 
     @property
@@ -223,17 +232,59 @@ def covered_key_partitions(ring: Ring, n_val: int, slot: int) -> tuple[int, ...]
     return tuple(out)
 
 
+def _primaries_with(ring: Ring, n_val: int, k: int, slot: int, owner: str) -> list[str]:
+    """Key partition k's primaries on ``ring`` with slot ``slot`` owned by ``owner`` instead."""
+    q = ring.num_partitions
+    out: list[str] = []
+    for i in range(q):
+        p = (k + i) % q
+        node = owner if p == slot else ring.owners[p]
+        if node not in out:
+            out.append(node)
+            if len(out) == n_val:
+                break
+    return out
+
+
+Pair = tuple[int, str]  # (key partition, node)
+
+
+def preference_changes(ring: Ring, n_val: int, t: Transfer) -> tuple[tuple[Pair, ...], tuple[Pair, ...]]:
+    """(gained, lost): the (key partition, node) pairs that enter and leave key partitions' primaries when
+    slot ``t.partition`` moves to ``t.target`` on ``ring``. Only key partitions whose primaries reach the
+    slot can change (``covered_key_partitions``: which those are depends on the slots before it only)."""
+    gained: list[Pair] = []
+    lost: list[Pair] = []
+    for k in sorted(covered_key_partitions(ring, n_val, t.partition)):
+        before = ring.walk(k)[:n_val]
+        after = _primaries_with(ring, n_val, k, t.partition, t.target)
+        gained.extend((k, node) for node in after if node not in before)
+        lost.extend((k, node) for node in before if node not in after)
+    return tuple(gained), tuple(lost)
+
+
 def gained_key_partitions(ring: Ring, n_val: int, t: Transfer) -> list[int]:
-    """Key partitions that gain ``t.target`` as a primary when slot ``t.partition`` moves to it."""
-    return [
-        k for k in covered_key_partitions(ring, n_val, t.partition) if t.target not in ring.walk(k)[:n_val]
-    ]
+    """Key partitions that gain ``t.target`` as a primary when slot ``t.partition`` moves to it (other nodes
+    may gain some too: ``preference_changes``)."""
+    return [k for k, node in preference_changes(ring, n_val, t)[0] if node == t.target]
+
+
+def required_ready(state: MembershipState, t: Transfer) -> tuple[Pair, ...]:
+    """The (key partition, node) pairs that must hold their data before ``t`` is done on the current ring:
+    every gaining node except one being removed as dead (it never serves again)."""
+    assert state.ring is not None
+    return tuple(pr for pr in preference_changes(state.ring, state.n_val, t)[0] if pr[1] not in state.down)
 
 
 def pending_write_targets(state: MembershipState, key_partition: int) -> tuple[str, ...]:
     """Nodes that must receive writes for ``key_partition`` besides its primaries, because a pending
-    transfer will make them primaries: writes during a move reach both the old and the new owner."""
+    transfer will make them primaries: writes during a move reach both the old and every new owner."""
     return state._extra.get(key_partition, ())
+
+
+def pending_owner_of(state: MembershipState, node: str) -> set[int]:
+    """Key partitions ``node`` is a pending owner of (it streams them, then becomes a primary)."""
+    return {k for k, nodes in state._extra.items() if node in nodes}
 
 
 def _pick_source(ring: Ring, n_val: int, slot: int, target: str, dead: Iterable[str]) -> str | None:
@@ -408,6 +459,9 @@ def _settle(state: MembershipState) -> MembershipState:
     return replace(state, members=members, down=frozenset(down))
 
 
+NOT_READY = "gaining nodes have not streamed their partitions yet"
+
+
 def _refuse(state: MembershipState, reason: str) -> tuple[MembershipState, Result]:
     return state, Result(False, state.epoch, reason)
 
@@ -459,6 +513,11 @@ def apply(state: MembershipState, cmd: Command) -> tuple[MembershipState, Result
         if t not in state.transfers:
             return _refuse(state, f"no pending transfer of partition {t.partition} from {t.source} to {t.target}")
         assert state.ring is not None
+        if cmd.ready is not None:
+            missing = sorted(set(required_ready(state, t)) - set(cmd.ready))
+            if missing:
+                who = ", ".join(f"{node} (key partition {k})" for k, node in missing)
+                return _refuse(state, f"{NOT_READY}: transfer of partition {t.partition} also makes {who} a primary")
         owners = list(state.ring.owners)
         owners[t.partition] = t.target
         new = replace(
@@ -541,7 +600,10 @@ def _cmd_out(c: Command) -> list[Any]:
         return ["clear"]
     if isinstance(c, Commit):
         return ["commit", c.expected_epoch]
-    return ["transfer_done", c.partition, c.source, c.target, c.epoch]
+    out = ["transfer_done", c.partition, c.source, c.target, c.epoch]
+    if c.ready is not None:  # only then: an unchecked entry keeps the encoding older nodes read
+        out.append([[k, node] for k, node in c.ready])
+    return out
 
 
 def _int(v: Any) -> int:
@@ -578,7 +640,8 @@ def _cmd_in(v: list[Any]) -> Command:
     if kind == "commit":
         return Commit(_int(args[0]))
     if kind == "transfer_done":
-        return TransferDone(_int(args[0]), _str(args[1]), _str(args[2]), _int(args[3]))
+        ready = tuple((_int(k), _str(node)) for k, node in args[4]) if len(args) > 4 else None
+        return TransferDone(_int(args[0]), _str(args[1]), _str(args[2]), _int(args[3]), ready)
     raise CommandError(f"unknown command kind {kind!r}")
 
 

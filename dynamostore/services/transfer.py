@@ -1,12 +1,14 @@
 """Ownership transfer: streaming partitions to their new owner after a committed membership change.
 
-Receiver-driven: for every pending transfer whose target is this node, pull each of its streams
+Receiver-driven: for every pending transfer that makes this node a primary of some key partition (its
+target, or a node pulled in when preference lists collapse), pull each of its streams to this node
 (`handoff.transfer.plan_transfer`) from the stream's source in throttled batches (`transfer.fetch`), merge
 every record in with causality, and persist the cursor after each batch so a crash of either side resumes
-where it stopped. When every stream is done, propose `TransferDone` through Raft; ownership moves (and
-this node starts serving reads for the partition) only when that entry is applied. Writes made during the
-move reach the new owner too (the coordinator adds it as an extra target), so nothing written mid-stream
-is missed.
+where it stopped; each stream ends with a catch-up pass. The transfer's target then asks every other
+receiver whether its streams are done (`transfer.ready`, answered from the saved cursors) and proposes
+`TransferDone` naming them through Raft; ownership moves (and the receivers start serving reads for the
+partition) only when that entry is applied. Writes made during the move reach every pending owner too (the
+coordinator adds them as extra targets, and hints a copy it could not deliver).
 
 `step()` starts the receptions that are due; the asyncio driver calls it when the ring changes or every
 second. `receive(plan)` is one transfer, end to end; unit tests drive both with fakes.
@@ -33,16 +35,17 @@ from handoff.transfer import (
     Cursor,
     TransferPlan,
     cursor_key,
+    cursor_key_of,
     decode_cursor,
     done_command,
     encode_cursor,
     incoming,
+    my_streams,
     resume,
     start_after,
     still_pending,
-    transfer_complete,
 )
-from ring.membership import Command, MembershipState, Result, Transfer
+from ring.membership import NOT_READY, Command, MembershipState, Result, Transfer
 from ring.pacing import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -72,11 +75,13 @@ class TransferService:
         self.progress: dict[Transfer, dict[str, Any]] = {}
         self.done: list[dict[str, Any]] = []
         self._proposed: set[tuple[int, Transfer]] = set()  # done and committed; the local apply may lag
+        self._streamed: set[bytes] = set()  # cursor keys of this node's finished streams (both passes)
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.methods.register("transfer.fetch", self._rpc_fetch)
+        self.methods.register("transfer.ready", self._rpc_ready)
         self._task = asyncio.create_task(self._run(), name="transfers")
 
     async def stop(self) -> None:
@@ -94,14 +99,22 @@ class TransferService:
             self._kick.clear()
             self.step()
 
+    def _due(self, tp: TransferPlan) -> bool:
+        """Whether this node still has work for the transfer: a stream to receive, or (its target) the done
+        entry to propose."""
+        me = self.placement.node_id
+        if any(cursor_key(tp, s) not in self._streamed for s in my_streams(tp, me)):
+            return True
+        return tp.transfer.target == me and (tp.plan_epoch, tp.transfer) not in self._proposed
+
     def step(self) -> list[TransferPlan]:
-        """Start receiving every pending transfer to this node that is not running or already proposed."""
+        """Start receiving every pending transfer this node gains from that is not running or already done."""
         state = self.placement.state
         started: list[TransferPlan] = []
         if not state.transfers:
             return started
         for tp in incoming(state, self.placement.node_id):
-            if tp.transfer not in self.active and (tp.plan_epoch, tp.transfer) not in self._proposed:
+            if tp.transfer not in self.active and self._due(tp):
                 task = asyncio.create_task(self.receive(tp), name=f"transfer-{tp.transfer.partition}")
                 self.active[tp.transfer] = task
                 task.add_done_callback(functools.partial(self._finished, tp.transfer))
@@ -115,10 +128,14 @@ class TransferService:
         self._kick.set()
 
     async def receive(self, tp: TransferPlan) -> None:
-        """Stream every key partition of one transfer (resuming from saved cursors), then propose it done."""
+        """Stream every key partition this node gains by one transfer (resuming from saved cursors); its
+        target then waits for the other receivers and proposes it done."""
         started = self.clock.now()
         cursors: dict[int, Cursor] = {}
-        progress = self.progress[tp.transfer] = {"streams": len(tp.streams), "streams_done": 0, "keys": 0}
+        mine = my_streams(tp, self.placement.node_id)
+        progress = self.progress[tp.transfer] = {"streams": len(mine), "streams_done": 0, "keys": 0,
+                                                 "receivers": sorted({s.receiver for s in tp.streams}),
+                                                 "waiting_for": []}
         try:
             await self._receive(tp, started, cursors, progress)
         finally:
@@ -126,7 +143,8 @@ class TransferService:
 
     async def _receive(self, tp: TransferPlan, started: float, cursors: dict[int, Cursor],
                        progress: dict[str, Any]) -> None:
-        for stream in tp.streams:
+        me = self.placement.node_id
+        for stream in my_streams(tp, me):
             ckey = cursor_key(tp, stream)
             saved = await self.replica.load_meta(ckey)
             c = resume(tp, stream, decode_cursor(saved) if saved else None)
@@ -142,17 +160,33 @@ class TransferService:
                                              [stream.key_partition, start_after(c), grant], FETCH_TIMEOUT)
                 await asyncio.gather(*(self.replica.merge_raw(bytes(k), v.decode(bytes(raw))) for k, raw in rows))
                 if rows:
+                    if not c.final:  # the catch-up pass re-reads what the first one received
+                        self.keys_received += len(rows)
+                        progress["keys"] += len(rows)
                     c = c.advance(bytes(rows[-1][0]), len(rows))
-                    self.keys_received += len(rows)
-                    progress["keys"] += len(rows)
                 if len(rows) < grant:
                     c = c.finish()
                 await self.replica.save_meta(ckey, encode_cursor(c))
             cursors[stream.key_partition] = c
+            self._streamed.add(ckey)
             progress["streams_done"] += 1
-        if not transfer_complete(tp, cursors):
-            return
+        if tp.transfer.target != me:
+            return  # the target proposes the done entry once every receiver is ready
+        while True:
+            waiting = await self._not_ready(tp)
+            progress["waiting_for"] = waiting
+            if not waiting:
+                break
+            if not still_pending(self.placement.state, tp):
+                return
+            await self.clock.wait(None, 1.0)
         res = await self.propose(done_command(tp), PROPOSE_TIMEOUT)
+        if not res.ok and NOT_READY in res.reason:
+            # the ring changed since this plan (another transfer was applied) and pulls another node in:
+            # plan again once this node has applied it
+            log.info("transfer of partition %d: %s", tp.transfer.partition, res.reason)
+            await self.clock.wait(None, 1.0)
+            return
         self._proposed.add((tp.plan_epoch, tp.transfer))
         keys = sum(c.keys for c in cursors.values())
         took = self.clock.now() - started
@@ -160,6 +194,41 @@ class TransferService:
                           "seconds": round(took, 3), "committed": res.ok, "reason": res.reason})
         log.info("transfer of partition %d from %s done: %d keys in %.2fs (%s)", tp.transfer.partition,
                  tp.transfer.source, keys, took, "committed" if res.ok else res.reason)
+
+    async def _not_ready(self, tp: TransferPlan) -> list[str]:
+        """Receivers of the transfer's streams that have not finished them (this node's own are done)."""
+        me = self.placement.node_id
+        wanted: dict[str, list[int]] = {}
+        for s in tp.streams:
+            if s.receiver != me:
+                wanted.setdefault(s.receiver, []).append(s.key_partition)
+        waiting: list[str] = []
+        for node, kps in sorted(wanted.items()):
+            t = tp.transfer
+            try:
+                done = await self.peers.call(node, "transfer.ready", [tp.plan_epoch, t.partition, t.target, kps],
+                                             FETCH_TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 - unreachable or older: ask again later
+                log.debug("transfer.ready on %s: %r", node, exc)
+                waiting.append(node)
+                continue
+            if not set(kps) <= {int(k) for k in done}:
+                waiting.append(node)
+        return waiting
+
+    async def _rpc_ready(self, payload: Any, peer: str) -> Any:
+        """Which of the named key partitions of a transfer this node has finished receiving (both passes)."""
+        try:
+            epoch, slot, target, kps = payload
+            epoch, slot, target, kps = int(epoch), int(slot), str(target), [int(k) for k in kps]
+        except (TypeError, ValueError) as exc:
+            raise RpcRemoteError("bad_request", f"transfer.ready payload: {exc}") from exc
+        done: list[int] = []
+        for kp in kps:
+            raw = await self.replica.load_meta(cursor_key_of(epoch, slot, target, kp))
+            if raw is not None and decode_cursor(raw).done:
+                done.append(kp)
+        return done
 
     async def _rpc_fetch(self, payload: Any, peer: str) -> Any:
         try:

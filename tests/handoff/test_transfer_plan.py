@@ -110,9 +110,11 @@ def test_completion_only_when_every_stream_is_done() -> None:
     cursors = {x.key_partition: new_cursor(tp, x).advance(b"a", 1) for x in tp.streams}
     assert not transfer_complete(tp, cursors)
     first = tp.streams[0].key_partition
-    cursors[first] = cursors[first].finish()
+    cursors[first] = cursors[first].finish().finish()
     assert not transfer_complete(tp, cursors)
     cursors = {k: c.finish() for k, c in cursors.items()}
+    assert not transfer_complete(tp, cursors)  # the catch-up pass is not done yet
+    cursors = {k: c if c.done else c.finish() for k, c in cursors.items()}
     assert transfer_complete(tp, cursors)
     cmd = done_command(tp)
     assert still_pending(s, tp)

@@ -1,0 +1,115 @@
+"""A whole ring change on fakes (issue 14): four nodes' TransferServices over real replicas and the in-memory
+network, one shared membership log that every node applies at once, a test clock.
+
+The issue's example: 4 nodes, Q=16, ``admin leave n4``. Keys written at W=3 before the leave must be on every
+new primary when the last transfer is done (key partition 9 gains n1 when slot 11 moves from n4 to n3, though
+n1 is not that transfer's target), so a read at R=1 through any new primary finds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from dynamostore.config import TransferSettings
+from dynamostore.kv.replica import LocalReplica
+from dynamostore.services.transfer import TransferService
+from ring.membership import Command, Commit, MembershipState, Result, StageLeave, apply
+from tests.services.conftest import OpenReplica
+from tests.services.fakes import FakeClock, FakePlacement, Network, membership, until
+
+Q = 16
+NODES = ["n1", "n2", "n3", "n4"]
+KEYS = [b"key-%03d" % i for i in range(160)]
+
+
+@dataclass
+class Ring4:
+    net: Network
+    clock: FakeClock
+    state: MembershipState
+    placements: dict[str, FakePlacement]
+    replicas: dict[str, LocalReplica]
+    services: dict[str, TransferService]
+    refused: int = 0
+
+    async def propose(self, cmd: Command, timeout: float) -> Result:
+        """The Raft log: applied at once on every node."""
+        new, res = apply(self.state, cmd)
+        if res.ok:
+            self.state = new
+            for p in self.placements.values():
+                p.state = new
+            for svc in self.services.values():
+                svc.ring_changed(new)
+        else:
+            self.refused += 1
+        return res
+
+    def primaries(self, key: bytes, state: MembershipState | None = None) -> list[str]:
+        s = state or self.state
+        assert s.ring is not None
+        return s.ring.walk(self.replicas["n1"].ref(key).partition)[: s.n_val]
+
+    async def write_all(self, key: bytes, value: bytes) -> None:
+        """A W=3 write: coordinated on the first primary, merged into the two others."""
+        first, *others = self.primaries(key)
+        r = self.replicas[first]
+        state = await r.coordinate(r.ref(key), {}, value, "t", durable=False)
+        for n in others:
+            await self.replicas[n].merge(self.replicas[n].ref(key), state, durable=False)
+
+    async def settle(self) -> None:
+        """Every service's loop and reception is parked on the test clock (nothing left to do until time moves)."""
+        def parked() -> bool:
+            active = sum(len(s.active) for s in self.services.values())
+            return self.clock.waiting >= len(self.services) + active
+        await until(parked, "every transfer task to park")
+
+    async def run_until_moved(self, rounds: int = 60) -> None:
+        for _ in range(rounds):
+            if not self.state.transfers:
+                return
+            await self.settle()
+            self.clock.advance(1.0)
+        raise AssertionError(f"transfers still pending after {rounds} rounds: {self.state.transfers}")
+
+
+@pytest.fixture
+async def ring4(replicas: OpenReplica) -> AsyncIterator[Ring4]:
+    net, clock = Network(), FakeClock()
+    state = membership(NODES, Q, 3)
+    placements = {n: FakePlacement(n, state) for n in NODES}
+    reps = {n: await replicas(n, partitions=Q) for n in NODES}
+    c = Ring4(net, clock, state, placements, reps, {})
+    for n in NODES:
+        c.services[n] = TransferService(TransferSettings(keys_per_sec=1_000_000, batch_keys=16),
+                                        placement=placements[n], replica=reps[n], peers=net.peers(n),
+                                        methods=net.router(n), propose=c.propose, clock=clock)
+        await c.services[n].start()
+    yield c
+    for svc in c.services.values():
+        await svc.stop()
+
+
+async def test_after_n4_leaves_every_new_primary_holds_every_w3_key(ring4: Ring4) -> None:
+    c = ring4
+    for k in KEYS:
+        await c.write_all(k, b"v-" + k)
+    before = c.state
+    await c.propose(StageLeave("n4"), 1.0)
+    await c.propose(Commit(c.state.epoch), 1.0)
+    await c.run_until_moved()
+    assert c.state.members["n4"].status.value == "removed"
+    pulled_in = 0
+    for k in KEYS:
+        for n in c.primaries(k):
+            r = c.replicas[n]
+            got = await r.get(r.ref(k))  # what a read at R=1 coordinated by n answers (its own copy)
+            assert got is not None and [s.value for s in got.siblings] == [b"v-" + k], f"{k!r} missing on {n}"
+            pulled_in += n not in c.primaries(k, before)
+    assert pulled_in > 0
+    nine = [k for k in KEYS if c.replicas["n1"].ref(k).partition == 9]
+    assert nine and all("n1" in c.primaries(k) and "n1" not in c.primaries(k, before) for k in nine)
