@@ -251,11 +251,14 @@ class _PutGather(_Gather):
     a hint for the primary it stands in for."""
 
     __slots__ = ("view", "me", "targets", "partition", "key", "durable", "timeout", "tally", "spares", "state",
-                 "raw", "replaced", "local_done", "local_error")
+                 "raw", "replaced", "local_done", "local_error", "replica", "ref")
 
     def __init__(self, alarms: _Alarms, view: ClusterView, me: Target, targets: list[Target], partition: int,
-                 key: bytes, durable: bool, timeout: float, tally: PutTally, spares: list[str]) -> None:
+                 key: bytes, durable: bool, timeout: float, tally: PutTally, spares: list[str],
+                 replica: LocalReplica | None = None, ref: KeyRef | None = None) -> None:
         super().__init__(alarms)
+        self.replica = replica  # where a copy a pending owner did not take is kept as a hint for it
+        self.ref = ref
         self.view = view
         self.me = me
         self.targets = targets
@@ -281,13 +284,14 @@ class _PutGather(_Gather):
         for t in self.targets:
             if t is not self.me:
                 self.send(t)
-        # A partition moving to a new owner: the write reaches it too, without counting toward W (it does
-        # not serve reads for the partition until its stream is done).
+        # A partition moving to new owners: the write reaches each of them too, without counting toward W
+        # (they serve no reads for it until their streams are done); a copy one does not take is kept here
+        # as a hint for it, which the handoff service delivers (a pending owner must not miss a write).
         targets = self.targets
         for extra in self.view.extra_targets(self.partition):
             if all(extra != t.node for t in targets):
                 self.view.call_then(extra, "kv.put", [self.key, raw, self.durable, None, replaced], self.timeout,
-                                    _ignore)
+                                    _PendingCopy(self, extra))
 
     def send(self, t: Target) -> None:
         self.view.call_then(t.node, "kv.put", [self.key, self.raw, self.durable, t.hint_for, self.replaced],
@@ -441,7 +445,7 @@ class Coordinator:
         tally.targets = len(targets)
         durable = opts.dw > 0
         gather = _PutGather(self._alarms_of(loop), self.view, me, targets, ref.partition, key, durable, opts.timeout,
-                            tally, list(spare_nodes))
+                            tally, list(spare_nodes), self.replica, ref)
         then_from(self.replica.coordinate_then(ref, context, value, content_type, durable=durable,
                                                hint_for=me.hint_for, committed=gather.committed, dots=dots),
                    gather.track(me))
@@ -561,6 +565,24 @@ class Coordinator:
                 log.debug("read repair of %r on %s failed: %s", ref.key, node, exc)
 
 
-def _ignore(result: Any, exc: BaseException | None) -> None:
-    """A write to a partition's next owner is not waited for (the node's call wrapper has already fed its
-    outcome to the failure detector and metrics)."""
+class _PendingCopy:
+    """The outcome of a write's copy to a pending owner of its partition: not waited for, but when it fails the
+    coordinator keeps the write as a hint for that node (a slotted callable, not a closure: no cycle)."""
+
+    __slots__ = ("gather", "node")
+
+    def __init__(self, gather: _PutGather, node: str) -> None:
+        self.gather = gather
+        self.node = node
+
+    def __call__(self, result: Any, exc: BaseException | None) -> None:
+        g = self.gather
+        if exc is None or not g.raw or g.replica is None or g.ref is None:
+            return
+        # the causal encoding the replicas were sent (this node's local actor bookkeeping stays in its own record)
+        then_from(g.replica.merge(g.ref, v.decode(g.raw), durable=g.durable, hint_for=self.node), _hint_kept)
+
+
+def _hint_kept(result: Any, exc: BaseException | None) -> None:
+    if exc is not None:
+        log.warning("could not keep a hint for a pending owner: %r", exc)

@@ -44,6 +44,7 @@ class Peers:
     calls: list[Call] = field(default_factory=list)
     repairs: list[Call] = field(default_factory=list)
     tasks: list[asyncio.Future[None]] = field(default_factory=list)
+    pending_owners: tuple[str, ...] = ()  # nodes a pending ring move makes primaries of every partition
     _ring: Ring = field(default_factory=lambda: initial_ring(NODES, 8))
 
     @property
@@ -61,7 +62,7 @@ class Peers:
         return True
 
     def extra_targets(self, partition: int) -> tuple[str, ...]:
-        return ()
+        return self.pending_owners
 
     async def call(self, node: str, method: str, payload: Any, timeout: float) -> Any:
         fut = asyncio.get_running_loop().create_future()
@@ -122,6 +123,28 @@ async def test_put_answers_at_w_without_waiting_for_the_last_replica(setup: Any)
     peers.calls[0].future.set_result(True)
     res = await asyncio.wait_for(put, 5)
     assert (res.acks, res.hinted) == (2, 0) and not peers.calls[1].future.done()
+
+
+async def test_a_copy_a_pending_owner_did_not_take_is_kept_as_a_hint_for_it(setup: Any) -> None:
+    """Issue 14, item 3: writes during a ring move reach the pending owner durably, not fire-and-forget."""
+    coord, peers, key = setup
+    primaries = peers.ring.preference_list(coord.replica.ref(key).partition, 3)[0]
+    newcomer = next(n for n in NODES if n not in primaries)
+    peers.pending_owners = (newcomer,)
+    put = asyncio.ensure_future(coord.put(key, b"v", "t", {}, W2))
+    await until(lambda: len(peers.calls) == 3)
+    to_newcomer = [c for c in peers.calls if c.node == newcomer]
+    assert len(to_newcomer) == 1 and to_newcomer[0].payload[3] is None  # a copy for its own data
+    for c in peers.calls:
+        if c.node != newcomer:
+            c.future.set_result(True)
+    res = await asyncio.wait_for(put, 5)
+    assert res.acks == 3  # the pending owner's copy does not count toward W (it serves no reads yet)
+    to_newcomer[0].future.set_exception(RpcUnavailable("refused"))
+    ref = coord.replica.ref(key)
+    await until(lambda: coord.replica.read_now(ref, newcomer) is not None)  # handoff delivers it later
+    held = v.decode(coord.replica.read_now(ref, newcomer) or b"")
+    assert [s.value for s in held.siblings] == [b"v"]
 
 
 async def test_a_failed_replica_is_replaced_by_a_fallback_holding_a_hint(setup: Any) -> None:
