@@ -338,6 +338,34 @@ class LocalReplica:
 
         return self.storage.update("data", ref.skey, apply, on_commit=removed)
 
+    async def drop_partition(self, partition: int, batch: int = 500) -> int:
+        """Delete every record of a key partition this node no longer replicates (its new primaries hold it):
+        kept, an old copy would come back to life if the partition ever returned here. Returns how many."""
+        dropped = 0
+        while True:
+            rows = await self.scan_partition(partition, None, batch)
+            if not rows:
+                return dropped
+            gone = await asyncio.gather(*(self._drop(skey) for skey, _ in rows))
+            dropped += sum(1 for g in gone if g)
+            if len(rows) < batch:
+                return dropped
+
+    def _drop(self, skey: bytes) -> asyncio.Future[bool]:
+        p, s, key = split_data_key(skey)
+        ref = KeyRef(key, p, s, skey)
+        old: list[bytes | None] = [None]
+
+        def apply(raw: bytes | None) -> tuple[bytes | None, bool]:
+            old[0] = v.digest_raw(raw)
+            return None, raw is not None
+
+        def removed(gone: bool) -> None:
+            if gone:
+                self._notify(ref, old[0], None)
+
+        return self.storage.update("data", skey, apply, on_commit=removed)
+
     # --- what background services read ---------------------------------------------------------------
 
     async def stored(self, ref: KeyRef) -> bytes | None:

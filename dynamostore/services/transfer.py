@@ -45,7 +45,7 @@ from handoff.transfer import (
     start_after,
     still_pending,
 )
-from ring.membership import NOT_READY, Command, MembershipState, Result, Transfer
+from ring.membership import NOT_READY, Command, MembershipState, Result, Transfer, pending_owner_of
 from ring.pacing import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 FETCH_TIMEOUT = 30.0
 PROPOSE_TIMEOUT = 30.0
 MAX_FETCH = 10_000
+TIDY_EVERY = 30.0  # seconds between passes that drop partitions this node no longer replicates
 
 Propose = Callable[[Command, float], Awaitable[Result]]
 
@@ -78,6 +79,10 @@ class TransferService:
         self._streamed: set[bytes] = set()  # cursor keys of this node's finished streams (both passes)
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._tidy_task: asyncio.Task[list[int]] | None = None
+        self._tidied_at = -TIDY_EVERY
+        self._tidied_epoch = -1
+        self.partitions_dropped = 0
 
     async def start(self) -> None:
         self.methods.register("transfer.fetch", self._rpc_fetch)
@@ -85,7 +90,7 @@ class TransferService:
         self._task = asyncio.create_task(self._run(), name="transfers")
 
     async def stop(self) -> None:
-        tasks = [t for t in [self._task, *self.active.values()] if t is not None]
+        tasks = [t for t in [self._task, self._tidy_task, *self.active.values()] if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -98,6 +103,7 @@ class TransferService:
             await self.clock.wait(self._kick, 1.0)
             self._kick.clear()
             self.step()
+            self._tidy()
 
     def _due(self, tp: TransferPlan) -> bool:
         """Whether this node still has work for the transfer: a stream to receive, or (its target) the done
@@ -120,6 +126,46 @@ class TransferService:
                 task.add_done_callback(functools.partial(self._finished, tp.transfer))
                 started.append(tp)
         return started
+
+    @property
+    def tidying(self) -> bool:
+        return self._tidy_task is not None and not self._tidy_task.done()
+
+    def _tidy(self) -> None:
+        """Start a pass of `drop_unowned` after a ring change, and every TIDY_EVERY seconds (a late write from a
+        coordinator that had not applied the change yet may have left a copy behind)."""
+        epoch, now = self.placement.state.epoch, self.clock.now()
+        if self._tidy_task is not None and not self._tidy_task.done():
+            return
+        if epoch == self._tidied_epoch and now - self._tidied_at < TIDY_EVERY:
+            return
+        self._tidied_epoch, self._tidied_at = epoch, now
+        self._tidy_task = asyncio.create_task(self.drop_unowned(), name="drop-unowned")
+
+    async def drop_unowned(self) -> list[int]:
+        """Drop the copy of every key partition this node neither replicates nor is receiving (a pending owner).
+
+        Ownership leaves a node only when a `TransferDone` is applied, which names every new primary as holding
+        the partition, so the copy is no longer needed; and dropping it is what keeps a partition that comes
+        back here later from reviving records deleted (and reaped) meanwhile. Returns the partitions that had
+        records."""
+        state = self.placement.state
+        ring, me = state.ring, self.placement.node_id
+        if ring is None or me not in state.members:
+            return []
+        keep = set(ring.partitions_of(me, state.n_val)) | pending_owner_of(state, me)
+        out: list[int] = []
+        for k in range(ring.num_partitions):
+            if state is not self.placement.state:
+                break  # a newer ring: its own pass follows
+            if k in keep:
+                continue
+            n = await self.replica.drop_partition(k)
+            if n:
+                out.append(k)
+                self.partitions_dropped += 1
+                log.info("dropped %d records of key partition %d: %s no longer replicates it", n, k, me)
+        return out
 
     def _finished(self, key: Transfer, task: asyncio.Task[None]) -> None:
         self.active.pop(key, None)
@@ -242,6 +288,7 @@ class TransferService:
 
     def status(self) -> dict[str, Any]:
         return {"transfers": {"receiving": sorted(t.partition for t in self.active),
+                              "partitions_dropped": self.partitions_dropped,
                               "progress": [{"partition": t.partition, "source": t.source, **p}
                                            for t, p in sorted(self.progress.items(), key=lambda kv: kv[0].partition)],
                               "keys_received": self.keys_received, "completed": self.done[-20:]}}

@@ -1,9 +1,11 @@
-"""A whole ring change on fakes (issue 14): four nodes' TransferServices over real replicas and the in-memory
+"""Whole ring changes on fakes (issue 14): the nodes' TransferServices over real replicas and the in-memory
 network, one shared membership log that every node applies at once, a test clock.
 
-The issue's example: 4 nodes, Q=16, ``admin leave n4``. Keys written at W=3 before the leave must be on every
-new primary when the last transfer is done (key partition 9 gains n1 when slot 11 moves from n4 to n3, though
-n1 is not that transfer's target), so a read at R=1 through any new primary finds them.
+- The issue's example: 4 nodes, Q=16, ``admin leave n4``. Keys written at W=3 before the leave must be on every
+  new primary when the last transfer is done (key partition 9 gains n1 when slot 11 moves from n4 to n3, though
+  n1 is not that transfer's target), so a read at R=1 through any new primary finds them.
+- Join n4 to three nodes, delete keys and reap their tombstones, n4 leaves: the partitions that come back to
+  their former owners must not bring the deleted keys back.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import pytest
 from dynamostore.config import TransferSettings
 from dynamostore.kv.replica import LocalReplica
 from dynamostore.services.transfer import TransferService
-from ring.membership import Command, Commit, MembershipState, Result, StageLeave, apply
+from dynamostore.kv import versioning as v
+from ring.membership import Command, Commit, MembershipState, Result, StageJoin, StageLeave, apply
 from tests.services.conftest import OpenReplica
-from tests.services.fakes import FakeClock, FakePlacement, Network, membership, until
+from tests.services.fakes import FakeClock, FakePlacement, Network, member, membership, until
 
 Q = 16
 NODES = ["n1", "n2", "n3", "n4"]
@@ -67,6 +70,7 @@ class Ring4:
             active = sum(len(s.active) for s in self.services.values())
             return self.clock.waiting >= len(self.services) + active
         await until(parked, "every transfer task to park")
+        await until(lambda: not any(getattr(s, "tidying", False) for s in self.services.values()), "drops to end")
 
     async def run_until_moved(self, rounds: int = 60) -> None:
         for _ in range(rounds):
@@ -77,18 +81,32 @@ class Ring4:
         raise AssertionError(f"transfers still pending after {rounds} rounds: {self.state.transfers}")
 
 
-@pytest.fixture
-async def ring4(replicas: OpenReplica) -> AsyncIterator[Ring4]:
+async def make_ring(replicas: OpenReplica, founders: list[str], nodes: list[str]) -> Ring4:
     net, clock = Network(), FakeClock()
-    state = membership(NODES, Q, 3)
-    placements = {n: FakePlacement(n, state) for n in NODES}
-    reps = {n: await replicas(n, partitions=Q) for n in NODES}
+    state = membership(founders, Q, 3)
+    placements = {n: FakePlacement(n, state) for n in nodes}
+    reps = {n: await replicas(n, partitions=Q) for n in nodes}
     c = Ring4(net, clock, state, placements, reps, {})
-    for n in NODES:
+    for n in nodes:
         c.services[n] = TransferService(TransferSettings(keys_per_sec=1_000_000, batch_keys=16),
                                         placement=placements[n], replica=reps[n], peers=net.peers(n),
                                         methods=net.router(n), propose=c.propose, clock=clock)
         await c.services[n].start()
+    return c
+
+
+@pytest.fixture
+async def ring4(replicas: OpenReplica) -> AsyncIterator[Ring4]:
+    c = await make_ring(replicas, NODES, NODES)
+    yield c
+    for svc in c.services.values():
+        await svc.stop()
+
+
+@pytest.fixture
+async def ring3(replicas: OpenReplica) -> AsyncIterator[Ring4]:
+    """n1..n3 founded the cluster; n4 runs, not a member yet."""
+    c = await make_ring(replicas, NODES[:3], NODES)
     yield c
     for svc in c.services.values():
         await svc.stop()
@@ -113,3 +131,36 @@ async def test_after_n4_leaves_every_new_primary_holds_every_w3_key(ring4: Ring4
     assert pulled_in > 0
     nine = [k for k in KEYS if c.replicas["n1"].ref(k).partition == 9]
     assert nine and all("n1" in c.primaries(k) and "n1" not in c.primaries(k, before) for k in nine)
+
+
+async def test_a_deleted_and_reaped_key_stays_deleted_when_its_partition_returns_to_a_former_owner(
+        ring3: Ring4) -> None:
+    c = ring3
+    for k in KEYS:
+        await c.write_all(k, b"live")
+    before = c.state
+    await c.propose(StageJoin(member("n4")), 1.0)
+    await c.propose(Commit(c.state.epoch), 1.0)
+    await c.run_until_moved()
+    # keys some former owner stopped replicating when n4 joined
+    moved = [k for k in KEYS if set(c.primaries(k, before)) - set(c.primaries(k))]
+    assert moved
+    for k in moved:  # deleted with its context at W=ALL, then the tombstones reaped on every primary
+        first, *others = c.primaries(k)
+        r = c.replicas[first]
+        ref = r.ref(k)
+        cur = await r.get(ref)
+        assert cur is not None
+        tomb = await r.coordinate(ref, dict(cur.clock), None, "", durable=False)
+        for n in others:
+            await c.replicas[n].merge(c.replicas[n].ref(k), tomb, durable=False)
+        for n in c.primaries(k):
+            rn = c.replicas[n]
+            assert await rn.reap(rn.ref(k), v.digest(tomb), 2**62)
+    await c.propose(StageLeave("n4"), 1.0)
+    await c.propose(Commit(c.state.epoch), 1.0)
+    await c.run_until_moved()
+    for k in moved:
+        for n in c.primaries(k):
+            got = await c.replicas[n].get(c.replicas[n].ref(k))
+            assert got is None or not got.live, f"{k!r} came back on {n}"
