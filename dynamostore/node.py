@@ -216,6 +216,7 @@ class Node:
         self.handoff = HandoffService(
             f.handoff, replica=self.replica, peers=self.peers, liveness=self.liveness, methods=self.router,
             spawner=self.tasks, clock=self.clock, partitions=cfg.cluster.partitions, delivered=self._hinted_delivered,
+            placement=self.cluster,
         )
         self.antientropy = AntiEntropyService(
             f.antientropy, placement=self.cluster, liveness=self.liveness, peers=self.peers, methods=self.router,
@@ -227,7 +228,8 @@ class Node:
             propose=self.membership.propose, clock=self.clock,
         )
         # Who hears of what: a new membership (this node first: it watches new peers), a peer back up.
-        self.cluster.listeners += [self._watch_members, self.antientropy.ring_changed, self.transfers.ring_changed]
+        self.cluster.listeners += [self._watch_members, self.antientropy.ring_changed, self.transfers.ring_changed,
+                                   self.handoff.ring_changed]
         self.peers.on_up += [self.handoff.peer_up, self.antientropy.peer_up]
         self.history = HistoryService(self._reading, self.clock)
         # membership first: replaying its log sets the ring the others work with

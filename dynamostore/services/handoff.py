@@ -7,8 +7,14 @@ merges each state with causality, so a hint never overwrites a newer version, an
 before it answers), and drops a hint only after the primary acknowledged it, and only if no newer hinted write
 merged into it meanwhile.
 
+Hints follow ring changes: hints held for a node that is no longer a member (removed, or replaced), and every
+hint a leaving node holds, go to the key partition's current primaries and pending owners that are up
+(`retarget`) instead of waiting for a target that will never be back, or dying with the leaving process.
+(A leaving node's transfers complete only once it holds no hints: services/transfer.py asks.)
+
 `step()` is one pass of the loop (start the deliveries that are due); the asyncio driver (`_run`) calls it
-when woken (a peer came back up) or every `interval_ms`. Unit tests call it directly with a fake clock.
+when woken (a peer came back up, the ring changed) or every `interval_ms`. Unit tests call it directly with
+a fake clock.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from dynamostore.kv.replica import LocalReplica
 from dynamostore.metrics import gauge
 from dynamostore.net.rpc import RpcRemoteError
 from dynamostore.storage.keys import split_data_key
-from dynamostore.views import Clock, Liveness, Methods, Peers, Spawner
+from dynamostore.views import Clock, Liveness, Methods, Peers, Placement, Spawner
 from handoff.hints import HandoffPlanner, within_hint_window
+from ring.membership import MembershipState, Status, pending_write_targets
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +44,8 @@ DELIVER_TIMEOUT = 10.0
 class HandoffService:
     def __init__(self, settings: HandoffSettings, *, replica: LocalReplica, peers: Peers, liveness: Liveness,
                  methods: Methods, spawner: Spawner, clock: Clock, partitions: int,
-                 delivered: Callable[[str, int], None] = lambda target, n: None) -> None:
+                 delivered: Callable[[str, int], None] = lambda target, n: None,
+                 placement: Placement | None = None) -> None:
         self.settings = settings
         self.replica = replica
         self.peers = peers
@@ -47,6 +55,7 @@ class HandoffService:
         self.clock = clock
         self.partitions = partitions
         self.delivered = delivered  # metrics: hints handed off per target
+        self.placement = placement  # where hints of removed targets (or of this node leaving) go instead
         self.planner = HandoffPlanner(settings.concurrency, settings.rate_per_sec)
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -73,6 +82,9 @@ class HandoffService:
         self.planner.wake(peer)
         self._kick.set()
 
+    def ring_changed(self, state: MembershipState) -> None:
+        self._kick.set()
+
     # --- policy for the coordinator -------------------------------------------------------------------
 
     def may_hint(self, primary: str) -> bool:
@@ -95,11 +107,90 @@ class HandoffService:
 
     def step(self) -> list[str]:
         """Start a delivery to every target that is due now; returns them."""
-        due = self.planner.due(self.liveness.up_set(), self.clock.now())
+        now = self.clock.now()
+        moved = [t for t, p in sorted(self.planner.targets.items())
+                 if p.pending > 0 and t not in self.planner.in_flight and p.retry_at <= now and self.orphaned(t)]
+        for target in moved:
+            self.planner.start(target)
+            self.spawner.spawn(self.retarget(target), f"handoff-retarget-{target}")
+        due = [t for t in self.planner.due(self.liveness.up_set(), now) if t not in moved]
         for target in due:
             self.planner.start(target)
             self.spawner.spawn(self.deliver(target), f"handoff-{target}")
-        return due
+        return moved + due
+
+    def _leaving(self, state: MembershipState) -> bool:
+        assert self.placement is not None
+        mine = state.members.get(self.placement.node_id)
+        return mine is not None and mine.status in (Status.LEAVING, Status.REMOVED)
+
+    def orphaned(self, target: str) -> bool:
+        """Whether hints for `target` must go to their keys' current owners instead: it is no longer a member
+        (removed, or replaced), or this node is leaving."""
+        if self.placement is None or self.placement.ring is None:
+            return False
+        state = self.placement.state
+        m = state.members.get(target)
+        return m is None or m.status is Status.REMOVED or self._leaving(state)
+
+    def destinations(self, key_partition: int) -> list[str]:
+        """Where a re-targeted hint of a key partition goes: its current primaries and pending owners that are
+        members and up (this node itself unless it is leaving)."""
+        assert self.placement is not None
+        state, me = self.placement.state, self.placement.node_id
+        ring = state.ring
+        if ring is None:
+            return []
+        leaving = self._leaving(state)
+        out: list[str] = []
+        for node in [*ring.walk(key_partition)[: state.n_val], *pending_write_targets(state, key_partition)]:
+            m = state.members.get(node)
+            if node in out or m is None or m.status is Status.REMOVED:
+                continue
+            if (node == me and not leaving) or (node != me and self.liveness.is_up(node)):
+                out.append(node)
+        return out
+
+    async def retarget(self, target: str) -> None:
+        """Hand `target`'s hints to their keys' current owners (`destinations`), then drop them; back off when
+        one of those does not take its batch (or a key has none up)."""
+        me = self.placement.node_id if self.placement is not None else ""
+        try:
+            while True:
+                n = self.planner.allowance(self.clock.now())
+                if n == 0:
+                    await self.clock.sleep(self.planner.batch_size / self.planner.rate_per_sec / 4)
+                    continue
+                rows = await self.replica.hints_for(target, n)
+                if not rows:
+                    self.planner.set_pending(target, 0)
+                    return
+                batches: dict[str, list[list[bytes]]] = {}
+                for skey, raw in rows:
+                    dests = self.destinations(split_data_key(skey)[0])
+                    if not dests:
+                        self.planner.failed(target, "no owner of a hinted key is up", self.clock.now())
+                        return
+                    for d in dests:
+                        batches.setdefault(d, []).append([skey, raw])
+                try:
+                    for d, items in sorted(batches.items()):
+                        if d == me:
+                            for skey, raw in items:
+                                await self.replica.merge_raw(skey, v.decode(raw))
+                        else:
+                            await self.peers.call(d, "handoff.deliver", items, DELIVER_TIMEOUT)
+                except Exception as exc:  # noqa: BLE001 - any failure: back off, keep the hints
+                    self.planner.failed(target, type(exc).__name__, self.clock.now())
+                    log.info("re-targeting hints for %s failed (%s); will retry", target, type(exc).__name__)
+                    return
+                dropped = 0
+                for skey, raw in rows:
+                    dropped += await self.replica.drop_hint_if_unchanged(target, skey, raw)
+                self.planner.delivered(target, dropped, self.clock.now())
+                self.delivered(target, dropped)
+        finally:
+            self.planner.finish(target)
 
     async def deliver(self, target: str) -> None:
         """Hand off `target`'s hints in rate-limited batches while it is up; back off after a failure."""

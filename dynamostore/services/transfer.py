@@ -45,7 +45,7 @@ from handoff.transfer import (
     start_after,
     still_pending,
 )
-from ring.membership import NOT_READY, Command, MembershipState, Result, Transfer, pending_owner_of
+from ring.membership import NOT_READY, Command, MembershipState, Result, Status, Transfer, pending_owner_of
 from ring.pacing import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -242,31 +242,39 @@ class TransferService:
                  tp.transfer.source, keys, took, "committed" if res.ok else res.reason)
 
     async def _not_ready(self, tp: TransferPlan) -> list[str]:
-        """Receivers of the transfer's streams that have not finished them (this node's own are done)."""
-        me = self.placement.node_id
+        """Receivers of the transfer's streams that have not finished them (this node's own are done), and a
+        leaving source that still holds hints (it hands them to their keys' owners before it is removed)."""
+        me, state, t = self.placement.node_id, self.placement.state, tp.transfer
         wanted: dict[str, list[int]] = {}
         for s in tp.streams:
             if s.receiver != me:
                 wanted.setdefault(s.receiver, []).append(s.key_partition)
+        src = state.members.get(t.source)
+        drain = src is not None and src.status is Status.LEAVING and t.source not in state.down
+        if drain:
+            wanted.setdefault(t.source, [])
         waiting: list[str] = []
         for node, kps in sorted(wanted.items()):
-            t = tp.transfer
+            hints = drain and node == t.source
             try:
-                done = await self.peers.call(node, "transfer.ready", [tp.plan_epoch, t.partition, t.target, kps],
-                                             FETCH_TIMEOUT)
+                answer = await self.peers.call(node, "transfer.ready", [tp.plan_epoch, t.partition, t.target, kps, hints],
+                                               FETCH_TIMEOUT)
+                done, held = {int(k) for k in answer["done"]}, int(answer["hints"])
             except Exception as exc:  # noqa: BLE001 - unreachable or older: ask again later
                 log.debug("transfer.ready on %s: %r", node, exc)
                 waiting.append(node)
                 continue
-            if not set(kps) <= {int(k) for k in done}:
+            if not set(kps) <= done or held:
                 waiting.append(node)
         return waiting
 
     async def _rpc_ready(self, payload: Any, peer: str) -> Any:
-        """Which of the named key partitions of a transfer this node has finished receiving (both passes)."""
+        """Which of the named key partitions of a transfer this node has finished receiving (both passes), and
+        (when asked: this node is a leaving source) how many hints it still holds."""
         try:
-            epoch, slot, target, kps = payload
+            epoch, slot, target, kps, *more = payload
             epoch, slot, target, kps = int(epoch), int(slot), str(target), [int(k) for k in kps]
+            hints = bool(more[0]) if more else False
         except (TypeError, ValueError) as exc:
             raise RpcRemoteError("bad_request", f"transfer.ready payload: {exc}") from exc
         done: list[int] = []
@@ -274,7 +282,8 @@ class TransferService:
             raw = await self.replica.load_meta(cursor_key_of(epoch, slot, target, kp))
             if raw is not None and decode_cursor(raw).done:
                 done.append(kp)
-        return done
+        held = sum((await self.replica.hint_counts()).values()) if hints else 0
+        return {"done": done, "hints": held}
 
     async def _rpc_fetch(self, payload: Any, peer: str) -> Any:
         try:

@@ -164,3 +164,21 @@ async def test_a_deleted_and_reaped_key_stays_deleted_when_its_partition_returns
         for n in c.primaries(k):
             got = await c.replicas[n].get(c.replicas[n].ref(k))
             assert got is None or not got.live, f"{k!r} came back on {n}"
+
+
+async def test_a_leaving_node_is_removed_only_once_it_holds_no_hints(ring4: Ring4) -> None:
+    c = ring4
+    n4 = c.replicas["n4"]
+    await n4.coordinate(n4.ref(b"hinted"), {}, b"v", "t", durable=False, hint_for="n1")  # n4 stood in for n1
+    await c.propose(StageLeave("n4"), 1.0)
+    await c.propose(Commit(c.state.epoch), 1.0)
+    with pytest.raises(AssertionError, match="still pending"):
+        await c.run_until_moved(rounds=8)
+    assert c.state.members["n4"].status.value == "leaving"
+    waiting = [p for svc in c.services.values() for p in svc.status()["transfers"]["progress"]]
+    assert waiting and all(p["waiting_for"] == ["n4"] for p in waiting)
+    # its handoff service hands the hint over (services/handoff.py `retarget`): then the leave completes
+    [(skey, raw)] = await n4.hints_for("n1", 10)
+    assert await n4.drop_hint_if_unchanged("n1", skey, raw)
+    await c.run_until_moved()
+    assert c.state.members["n4"].status.value == "removed"
