@@ -52,7 +52,7 @@ from dynamostore.services.history import HistoryService, Reading
 from dynamostore.services.transfer import TransferService
 from dynamostore.storage.store import Storage
 from dynamostore.views import Service
-from ring.membership import MemberInfo, MembershipState, pending_write_targets
+from ring.membership import MemberInfo, MembershipState, Status, pending_write_targets
 from ring.placement import Ring, initial_ring
 from ring.tokens import ApiToken
 
@@ -156,14 +156,23 @@ class Node:
     # --- wiring -----------------------------------------------------------------------------------------
 
     def _watch_members(self, state: MembershipState) -> None:
-        """A newly applied membership: start watching members this node had not heard of."""
+        """A newly applied membership: start watching members this node had not heard of, stop watching the
+        removed ones (they leave this node's view: liveness, the reaper's agreement, /status)."""
         now = asyncio.get_running_loop().time()
-        for mid in state.members:
-            if mid != self.node_id and self.detector.add_peer(mid, now):
+        for mid, m in state.members.items():
+            if mid == self.node_id:
+                continue
+            if m.status is Status.REMOVED:
+                if self.detector.remove_peer(mid):
+                    self.heartbeater.unwatch(mid)
+            elif self.detector.add_peer(mid, now):
                 self.heartbeater.watch(mid)
 
     def _known_nodes(self) -> list[str]:
-        return sorted(self.cluster.addresses)
+        """Every node that may hold a copy or a hint: the known addresses but removed members."""
+        st = self.cluster.state
+        return sorted(m for m in self.cluster.addresses
+                      if m not in st.members or st.members[m].status is not Status.REMOVED)
 
     def _hinted_delivered(self, target: str, n: int) -> None:
         self.metrics.hints_delivered.labels(target).inc(n)
@@ -426,8 +435,12 @@ class Node:
         members = []
         view = self.detector.view(loop.time())
         st = self.membership.state
+        removed: list[str] = []
         for mid, m in sorted(self.cluster.addresses.items()):
             status = st.members[mid].status.value if mid in st.members else "standby"
+            if status == Status.REMOVED.value and mid != self.node_id:
+                removed.append(mid)  # out of the cluster: out of this view (named below)
+                continue
             entry: dict[str, Any] = {"id": mid, "http": f"{m.http_host}:{m.http_port}",
                                      "rpc": f"{m.rpc_host}:{m.rpc_port}", "status": status}
             entry["liveness"] = {"up": True, "self": True} if mid == self.node_id else view.get(mid, {"up": False})
@@ -447,6 +460,7 @@ class Node:
                 if ring else [],
             },
             "members": members,
+            "removed_members": removed,
             "storage": self.storage.stats(),
             "coordinator": {"read_repairs": self.coordinator.read_repairs, "forwarded": self.coordinator.forwarded},
             "siblings": {"written": self.replica.siblings_written, "merged": self.replica.siblings_merged},

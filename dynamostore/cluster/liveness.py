@@ -42,6 +42,13 @@ class Detector:
         self.version += 1
         return True
 
+    def remove_peer(self, peer: str) -> bool:
+        """Stop tracking a peer (a member that was removed from the cluster); True if it was tracked."""
+        if self.peers.pop(peer, None) is None:
+            return False
+        self.version += 1
+        return True
+
     def _set(self, peer: str, up: bool, now: float) -> bool:
         st = self.peers[peer]
         if st.up == up:
@@ -125,6 +132,12 @@ class Heartbeater:
         """Probe a peer (also one added to the detector after start())."""
         if peer not in self._tasks:
             self._tasks[peer] = asyncio.create_task(self._run(peer), name=f"heartbeat-{peer}")
+
+    def unwatch(self, peer: str) -> None:
+        """Stop probing a peer (removed from the cluster)."""
+        task = self._tasks.pop(peer, None)
+        if task is not None:
+            task.cancel()
 
     async def stop(self) -> None:
         for t in self._tasks.values():

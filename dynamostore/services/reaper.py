@@ -30,6 +30,7 @@ from dynamostore.kv.replica import LocalReplica
 from dynamostore.net.rpc import RpcRemoteError
 from dynamostore.services.merkle_trees import PartitionTrees, Visitor
 from dynamostore.views import Liveness, Peers, Placement
+from ring.membership import Status
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,18 @@ class TombstoneReaper:
         return visit
 
     def _others(self) -> list[str]:
-        return [m for m in self.nodes() if m != self.placement.node_id]
+        """The nodes that must answer: every known node but this one and those removed from the cluster (a
+        removed node is no replica and holds no hint that counts: its hints went to the keys' owners when it
+        left, and hints held for it are looked for by `check`). A removed node that stayed down would
+        otherwise hold every reap back forever."""
+        members = self.placement.state.members
+        gone = {m for m, info in members.items() if info.status is Status.REMOVED}
+        return [m for m in self.nodes() if m != self.placement.node_id and m not in gone]
+
+    def _hint_targets(self) -> list[str]:
+        """Every node a hint may be held for here: the known ones and every member ever (removed ones
+        included: a hint for a removed node still carries a write to the key's owners)."""
+        return sorted(set(self.nodes()) | set(self.placement.state.members))
 
     async def reap(self, partition: int, candidates: dict[bytes, bytes]) -> int:
         """Reap what the rule allows among one partition's candidates. Returns records removed here."""
@@ -128,7 +140,7 @@ class TombstoneReaper:
     async def check(self, keys: Sequence[bytes]) -> list[KeyCheck]:
         """Per key: the digest of the stored state and whether any hint for the key is held here."""
         out: list[KeyCheck] = []
-        members = self.nodes()
+        members = self._hint_targets()
         for key in keys:
             ref = self.replica.ref(key)
             raw = await self.replica.stored(ref)

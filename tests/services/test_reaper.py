@@ -164,3 +164,52 @@ async def test_malformed_requests_are_refused(nodes: dict[str, Node], net: Netwo
     with pytest.raises(RpcRemoteError, match="not in partition"):
         other = next(p for p in range(Q) if p != nodes["n2"].replica.ref(KEY).partition)
         await net.deliver("n1", "n2", "ae.reap", [other, [[KEY, b"\x00" * 16]]])
+
+
+async def removed_n4(replicas: OpenReplica, net: Network) -> dict[str, Node]:
+    """n1..n3 after n4 was removed (it is down for good, and still in every node's address book, as the node
+    hands the reaper every address it knows)."""
+    from handoff.transfer import done_command, plan_transfer
+    from ring.membership import Commit, StageRemove, apply
+
+    state = membership([*NODES, "n4"], Q, 3, StageRemove("n4"), Commit(1))
+    while state.transfers:
+        state, res = apply(state, done_command(plan_transfer(state, state.transfers[0])))
+        assert res.ok, res.reason
+    assert state.members["n4"].status.value == "removed"
+    out = {}
+    for n in NODES:
+        replica = await replicas(n, partitions=Q, segments=SEGMENTS)
+        trees = PartitionTrees(replica.storage, range(Q), SEGMENTS, scan_keys_per_sec=1_000_000)
+        replica.on_change = trees.on_change
+        liveness = FakeLiveness(n, [*NODES, "n4"])
+        liveness.set_down("n4", 0.0)
+        reaper = TombstoneReaper(trees, grace_s=1.0, placement=FakePlacement(n, state), liveness=liveness,
+                                 peers=net.peers(n), replica=replica, nodes=lambda: [*NODES, "n4"])
+        net.router(n).register("ae.check", reaper.rpc_check)
+        net.router(n).register("ae.reap", reaper.rpc_reap)
+        out[n] = Node(replica, trees, reaper, liveness)
+    return out
+
+
+async def test_reaping_resumes_after_a_member_is_removed(replicas: OpenReplica, net: Network) -> None:
+    """Issue 14, item 5: a removed member, down for good, must not hold every reap back."""
+    nodes = await removed_n4(replicas, net)
+    _, tomb = states()
+    for n in nodes.values():
+        await store(n, tomb)
+    p, found = await candidates(nodes["n1"])
+    assert await nodes["n1"].reaper.reap(p, found) == 1
+    assert [await stored(n) for n in nodes.values()] == [None, None, None]
+    assert "n4" not in {c.node for c in net.calls}
+
+
+async def test_a_hint_held_for_a_removed_member_still_defers_the_reap(replicas: OpenReplica, net: Network) -> None:
+    nodes = await removed_n4(replicas, net)
+    value, tomb = states()
+    for n in nodes.values():
+        await store(n, tomb)
+    await store(nodes["n2"], value, hint_for="n4")  # on its way to the key's owners (services/handoff.py)
+    p, found = await candidates(nodes["n1"])
+    assert await nodes["n1"].reaper.reap(p, found) == 0
+    assert None not in [await stored(n) for n in nodes.values()]
