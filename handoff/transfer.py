@@ -102,6 +102,23 @@ def incoming(state: MembershipState, me: str) -> list[TransferPlan]:
     return out
 
 
+def moves(state: MembershipState) -> list[dict[str, object]]:
+    """Every pending transfer, for operators (/status, admin members): the slot, its source and target, the
+    pending owners (every node the move makes a primary of some key partition) and each stream still to
+    finish before ownership flips (key partition, from, to)."""
+    out: list[dict[str, object]] = []
+    for t in state.transfers:
+        tp = plan_transfer(state, t)
+        out.append({
+            "partition": t.partition,
+            "source": t.source,
+            "target": t.target,
+            "pending_owners": sorted({s.receiver for s in tp.streams}),
+            "streams": [[s.key_partition, s.source, s.receiver] for s in tp.streams],
+        })
+    return out
+
+
 def my_streams(tp: TransferPlan, me: str) -> tuple[Stream, ...]:
     return tuple(s for s in tp.streams if s.receiver == me)
 

@@ -11,6 +11,7 @@ from typing import Any
 from dynamostore.api.server import Request, Response, json_response
 from dynamostore.cluster.membership import MembershipError
 from dynamostore.views import Liveness, Membership
+from handoff.transfer import moves
 from ring.membership import (
     ClearStaged,
     Command,
@@ -55,6 +56,8 @@ def describe(state: MembershipState) -> dict[str, Any]:
                         "rpc": f"{i.rpc_host}:{i.rpc_port}"} for m, i in sorted(state.members.items())},
         "voters": list(state.voters),
         "transfers_pending": [[t.partition, t.source, t.target] for t in state.transfers],
+        # per move still pending: its source, every pending owner and the streams left (they hold no reads yet)
+        "moves": moves(state) if state.ring is not None else [],
         "staged": [_change(c) for c in state.staged],
         "owners": list(state.ring.owners) if state.ring else [],
     }

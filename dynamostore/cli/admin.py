@@ -64,5 +64,9 @@ def run(args: argparse.Namespace) -> int:
         for e in doc["errors"]:
             print(f"  cannot commit: {e}")
         return 0 if not doc["errors"] else 1
-    print(json.dumps(doc.get("state", doc), indent=2))
+    state = doc.get("state", doc)
+    print(json.dumps(state, indent=2))
+    for m in state.get("moves", []) if isinstance(state, dict) else []:
+        print(f"moving slot {m['partition']}: {m['source']} -> {m['target']}; pending owners "
+              f"{', '.join(m['pending_owners']) or '-'}; {len(m['streams'])} streams", file=sys.stderr)
     return 0

@@ -35,4 +35,12 @@ def run(args: argparse.Namespace) -> int:
         t.add_row(m["id"], m["http"], m["status"], "yes" if live.get("up") else "[red]no[/red]",
                   str(pending.get(m["id"], 0)))
     console.print(t)
+    tr = doc.get("transfers", {})
+    if tr.get("moves"):
+        console.print(f"[bold]{tr['pending']} partition moves pending[/bold] (pending owners serve no reads yet)")
+        mt = Table("slot", "from", "to", "pending owners", "streams (key partition: from -> to)")
+        for m in tr["moves"]:
+            streams = ", ".join(f"{k}: {a} -> {b}" for k, a, b in m["streams"]) or "-"
+            mt.add_row(str(m["partition"]), m["source"], m["target"], ", ".join(m["pending_owners"]), streams)
+        console.print(mt)
     return 0

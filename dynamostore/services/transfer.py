@@ -40,6 +40,7 @@ from handoff.transfer import (
     done_command,
     encode_cursor,
     incoming,
+    moves,
     my_streams,
     resume,
     start_after,
@@ -296,7 +297,10 @@ class TransferService:
         return [[k, raw] for k, raw in rows]
 
     def status(self) -> dict[str, Any]:
-        return {"transfers": {"receiving": sorted(t.partition for t in self.active),
+        state = self.placement.state
+        return {"transfers": {"pending": len(state.transfers),
+                              "moves": moves(state) if state.ring is not None else [],
+                              "receiving": sorted(t.partition for t in self.active),
                               "partitions_dropped": self.partitions_dropped,
                               "progress": [{"partition": t.partition, "source": t.source, **p}
                                            for t, p in sorted(self.progress.items(), key=lambda kv: kv[0].partition)],

@@ -126,3 +126,18 @@ def test_every_new_primary_streamed_its_partition_in_leaves_joins_and_removes(se
         s, problems = run_change(s, rng)
         assert problems == []
         assert not s.transfers and all(m.status in (Status.ACTIVE, Status.REMOVED) for m in s.members.values())
+
+
+def test_operators_see_each_move_with_its_source_pending_owners_and_streams() -> None:
+    from dynamostore.api.admin import describe
+    from handoff.transfer import moves
+
+    s = leave_n4()
+    shown = {m["partition"]: m for m in moves(s)}
+    assert sorted(shown) == [t.partition for t in s.transfers]
+    eleven = shown[11]
+    assert (eleven["source"], eleven["target"]) == ("n4", "n3")
+    assert eleven["pending_owners"] == ["n1", "n2", "n3"]  # n1 and n2 too: pulled into key partitions 9 and 10
+    assert [9, "n4", "n1"] in eleven["streams"]  # type: ignore[operator]
+    doc = describe(s)
+    assert doc["moves"] == moves(s) and len(doc["transfers_pending"]) == 4
