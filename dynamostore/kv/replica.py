@@ -392,6 +392,10 @@ class LocalReplica:
                 return True
         return False
 
+    async def has_hints(self) -> bool:
+        """Whether this node holds any hint (a leaving node is removed only once it holds none)."""
+        return bool(await self.storage.scan("hints", b"", limit=1))
+
     async def hint_counts(self) -> dict[str, int]:
         """Hints held per target (hints survive restarts: the handoff service counts them at start)."""
         counts: dict[str, int] = {}

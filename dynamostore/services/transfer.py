@@ -271,7 +271,7 @@ class TransferService:
 
     async def _rpc_ready(self, payload: Any, peer: str) -> Any:
         """Which of the named key partitions of a transfer this node has finished receiving (both passes), and
-        (when asked: this node is a leaving source) how many hints it still holds."""
+        (when asked: this node is a leaving source) whether it still holds hints (1) or not (0)."""
         try:
             epoch, slot, target, kps, *more = payload
             epoch, slot, target, kps = int(epoch), int(slot), str(target), [int(k) for k in kps]
@@ -283,8 +283,8 @@ class TransferService:
             raw = await self.replica.load_meta(cursor_key_of(epoch, slot, target, kp))
             if raw is not None and decode_cursor(raw).done:
                 done.append(kp)
-        held = sum((await self.replica.hint_counts()).values()) if hints else 0
-        return {"done": done, "hints": held}
+        held = hints and await self.replica.has_hints()
+        return {"done": done, "hints": int(held)}
 
     async def _rpc_fetch(self, payload: Any, peer: str) -> Any:
         try:
