@@ -190,3 +190,31 @@ async def test_stop_returns_even_when_a_kick_races_the_cancel(cluster: Cluster) 
         await asyncio.sleep(0)  # the loop is parked in its wait
     svc.ring_changed(cluster.state)  # the kick...
     await asyncio.wait_for(svc.stop(), 5.0)  # ...and the cancel, in the same pass
+
+
+async def test_a_write_behind_the_first_pass_is_caught_by_the_catch_up_pass(cluster: Cluster) -> None:
+    """Issue 14, item 3: a write that reached only the old replicas after the stream had passed its key (its
+    coordinator had not applied the commit yet) still reaches the new owner before ownership flips."""
+    c = cluster
+    svc = c.target()
+    tp = c.plans()[0]
+    stream = tp.streams[0]
+    n4 = c.replicas["n4"]
+    late: list[bytes] = []
+
+    async def write_behind_the_cursor(call: Call) -> None:
+        kp, after, _ = call.payload
+        if kp != stream.key_partition or after is None or late:
+            return
+        key = next(k for k in (b"late-%04d" % i for i in range(100_000))
+                   if n4.ref(k).partition == kp and n4.ref(k).skey < bytes(after))
+        for n in SOURCES:  # the write of a coordinator that does not know of the move: old replicas only
+            await c.replicas[n].coordinate(c.replicas[n].ref(key), {}, b"late", "t", durable=False)
+        late.append(key)
+
+    c.net.before("transfer.fetch", write_behind_the_cursor)
+    svc.step()
+    await finished(svc)
+    assert late and done_command(tp) in c.proposals
+    got = await n4.get(n4.ref(late[0]))
+    assert got is not None and [s.value for s in got.siblings] == [b"late"]
