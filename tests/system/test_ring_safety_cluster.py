@@ -1,10 +1,14 @@
-"""Issue 14's reproduction on real node processes: a leave must not make a node a primary of a partition it
-never received.
+"""Issue 14's reproductions on real node processes.
 
-4 nodes with anti-entropy off (nothing repairs behind the transfers' back), keys written at W=3 strict,
-`admin leave n4`, commit, wait until no transfer is pending, stop n4: every key must read 200 at strict R=1
-through every remaining node. Before the fix, the nodes pulled into preference lists by the leave (not the
-transfers' targets) held nothing for the partitions they gained, and some keys read 404.
+- A leave must not make a node a primary of a partition it never received: 4 nodes with anti-entropy off
+  (nothing repairs behind the transfers' back), keys written at W=3 strict, `admin leave n4`, commit, wait
+  until no transfer is pending, stop n4: every key must read 200 at strict R=1 through every remaining node.
+  Before the fix, the nodes pulled into preference lists by the leave (not the transfers' targets) held
+  nothing for the partitions they gained, and some keys read 404.
+- A reaped delete must not come back when a partition returns to a former owner: 3 nodes, anti-entropy on
+  with a 1 s tombstone grace, n4 joins, every key deleted with its context at W=ALL, the tombstones reaped,
+  n4 leaves: every key must read 404 at R=ALL on every node. Before the fix, the former owners still held
+  the old values of the partitions n4 had taken, and served them again.
 """
 
 from __future__ import annotations
@@ -59,3 +63,61 @@ async def test_after_a_leave_every_key_written_at_w3_reads_at_r1_on_every_node(
             if status != 200 or body != k.encode():
                 missing.append((nid, k, status))
     assert missing == [], f"{len(missing)} reads at R=1 missed a key written at W=3"
+
+
+REAP = {"antientropy": {"tombstone_grace_s": 1.0, "sweep_interval_s": 1.0, "exchange_interval_s": 1.0,
+                        "segments": 16},
+        "handoff": {"interval_ms": 100}}
+ALL = {"X-Read-Quorum": "all", "X-Write-Quorum": "all", "X-Sloppy-Quorum": "false"}
+
+
+async def reaped(c: Cluster, nodes: list[str]) -> int:
+    total = 0
+    for nid in nodes:
+        st = await c.status(nid)
+        total += st["antientropy"]["totals"]["tombstones"]["reaped"]
+    return total
+
+
+async def test_a_reaped_delete_stays_deleted_when_a_joined_node_leaves_again(
+        make_cluster: Callable[..., Any]) -> None:
+    c: Cluster = await make_cluster(3, REAP)
+    keys = [f"d{i:03d}" for i in range(60)]
+    for k in keys:
+        assert (await c.put("n1", k, b"old", ALL))[0] == 204
+    c.start("n4")
+    await c.wait_healthy("n4")
+    status, doc = await c.admin("n1", "join", c.member_doc("n4"))
+    assert status == 200, doc
+    status, doc = await c.admin("n1", "commit", {})
+    assert status == 200, doc
+    everyone = ["n1", "n2", "n3", "n4"]
+
+    async def joined() -> bool:
+        sts = [await c.status(n) for n in everyone]
+        return all(s["membership"]["members"].get("n4") == "active" and not s["membership"]["transfers_pending"]
+                   for s in sts) and len({s["ring"]["epoch"] for s in sts}) == 1
+
+    await wait_for(joined, 60, "n4 to join")
+    for k in keys:
+        status, hd, _ = await c.get("n2", k, ALL)
+        assert status == 200
+        status, _, _ = await c.delete("n2", k, {**ALL, "X-Context": hd["X-Context"]})
+        assert status == 204
+    await wait_for(lambda: _at_least(reaped(c, everyone), 3 * len(keys)), 60, "the tombstones to be reaped")
+    status, doc = await c.admin("n1", "leave", {"id": "n4"})
+    assert status == 200, doc
+    status, doc = await c.admin("n1", "commit", {})
+    assert status == 200, doc
+    await wait_for(lambda: left(c, ["n1", "n2", "n3"], "n4"), 60, "n4 to leave")
+    back = []
+    for nid in ["n1", "n2", "n3"]:
+        for k in keys:
+            status, _, _ = await c.get(nid, k, ALL)
+            if status != 404:
+                back.append((nid, k, status))
+    assert back == [], f"{len(back)} reads found a deleted key again"
+
+
+async def _at_least(n: Any, want: int) -> bool:
+    return bool(await n >= want)
