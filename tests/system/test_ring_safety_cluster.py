@@ -43,16 +43,30 @@ async def left(c: Cluster, nodes: list[str], leaver: str) -> bool:
     return len(set(views)) == 1 and not views[0][2] and views[0][3] == "removed"
 
 
+async def admin(c: Cluster, nid: str, op: str, body: dict[str, Any]) -> None:
+    """An admin change that must be accepted; retried while the node has not applied the bootstrap yet (its
+    /health answers before it can take a membership change: issue 14, item 6, a readiness check)."""
+    outcome: list[tuple[int, dict[str, Any]]] = []
+
+    async def accepted() -> bool:
+        status, doc = await c.admin(nid, op, body)
+        outcome[:] = [(status, doc)]
+        if status == 200:
+            return True
+        assert status in (409, 503) and ("not bootstrapped" in str(doc) or status == 503), doc
+        return False
+
+    await wait_for(accepted, 30, f"admin {op} to be accepted (last: {outcome})")
+
+
 async def test_after_a_leave_every_key_written_at_w3_reads_at_r1_on_every_node(
         make_cluster: Callable[..., Any]) -> None:
     c: Cluster = await make_cluster(4, SETTINGS)
     keys = [f"k{i:03d}" for i in range(120)]
     for k in keys:
         assert (await c.put(f"n{1 + len(k) % 4}", k, k.encode(), W3))[0] == 204
-    status, doc = await c.admin("n1", "leave", {"id": "n4"})
-    assert status == 200, doc
-    status, doc = await c.admin("n1", "commit", {})
-    assert status == 200, doc
+    await admin(c, "n1", "leave", {"id": "n4"})
+    await admin(c, "n1", "commit", {})
     survivors = ["n1", "n2", "n3"]
     await wait_for(lambda: left(c, survivors, "n4"), 60, "n4 to leave")
     c.kill("n4")
@@ -87,10 +101,8 @@ async def test_a_reaped_delete_stays_deleted_when_a_joined_node_leaves_again(
         assert (await c.put("n1", k, b"old", ALL))[0] == 204
     c.start("n4")
     await c.wait_healthy("n4")
-    status, doc = await c.admin("n1", "join", c.member_doc("n4"))
-    assert status == 200, doc
-    status, doc = await c.admin("n1", "commit", {})
-    assert status == 200, doc
+    await admin(c, "n1", "join", c.member_doc("n4"))
+    await admin(c, "n1", "commit", {})
     everyone = ["n1", "n2", "n3", "n4"]
 
     async def joined() -> bool:
@@ -105,10 +117,8 @@ async def test_a_reaped_delete_stays_deleted_when_a_joined_node_leaves_again(
         status, _, _ = await c.delete("n2", k, {**ALL, "X-Context": hd["X-Context"]})
         assert status == 204
     await wait_for(lambda: _at_least(reaped(c, everyone), 3 * len(keys)), 60, "the tombstones to be reaped")
-    status, doc = await c.admin("n1", "leave", {"id": "n4"})
-    assert status == 200, doc
-    status, doc = await c.admin("n1", "commit", {})
-    assert status == 200, doc
+    await admin(c, "n1", "leave", {"id": "n4"})
+    await admin(c, "n1", "commit", {})
     await wait_for(lambda: left(c, ["n1", "n2", "n3"], "n4"), 60, "n4 to leave")
     back = []
     for nid in ["n1", "n2", "n3"]:
