@@ -162,11 +162,23 @@ class TransferService:
             if k in keep:
                 continue
             n = await self.replica.drop_partition(k)
+            await self._forget_streams(state, k)
             if n:
                 out.append(k)
                 self.partitions_dropped += 1
                 log.info("dropped %d records of key partition %d: %s no longer replicates it", n, k, me)
         return out
+
+    async def _forget_streams(self, state: MembershipState, key_partition: int) -> None:
+        """A dropped key partition's finished streams of the current plan no longer hold: should a later ring of
+        the same plan make this node gain it again, it streams it again (its cursors start over)."""
+        for t in state.transfers:
+            ckey = cursor_key_of(state.plan_epoch, t.partition, t.target, key_partition)
+            saved = await self.replica.load_meta(ckey)
+            if saved is not None:
+                fresh = Cursor(state.plan_epoch, t.partition, t.target, key_partition)
+                await self.replica.save_meta(ckey, encode_cursor(fresh))
+            self._streamed.discard(ckey)
 
     def _finished(self, key: Transfer, task: asyncio.Task[None]) -> None:
         self.active.pop(key, None)
@@ -191,6 +203,9 @@ class TransferService:
     async def _receive(self, tp: TransferPlan, started: float, cursors: dict[int, Cursor],
                        progress: dict[str, Any]) -> None:
         me = self.placement.node_id
+        tidy = self._tidy_task
+        if tidy is not None and not tidy.done():
+            await asyncio.wait([tidy])  # a pass for an older ring may still drop a partition this one gains
         for stream in my_streams(tp, me):
             ckey = cursor_key(tp, stream)
             saved = await self.replica.load_meta(ckey)
