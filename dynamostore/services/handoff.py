@@ -127,9 +127,11 @@ class HandoffService:
     def orphaned(self, target: str) -> bool:
         """Whether hints for `target` must go to their keys' current owners instead: it is no longer a member
         (removed, or replaced), or this node is leaving."""
-        if self.placement is None or self.placement.ring is None:
+        if self.placement is None:
             return False
         state = self.placement.state
+        if not state.initialized:  # no committed membership applied yet (the ring comes from the config)
+            return False
         m = state.members.get(target)
         return m is None or m.status is Status.REMOVED or self._leaving(state)
 

@@ -86,3 +86,16 @@ async def test_a_leaving_node_hands_its_hints_to_the_keys_owners_that_are_up(rep
         assert up_owners
         for o in up_owners:
             assert await c[o].replica.get(c[o].replica.ref(k)) is not None, (k, o)
+
+
+async def test_before_any_membership_is_applied_hints_go_to_their_target(replicas: OpenReplica) -> None:
+    """A node serving the ring of its config file has an empty committed membership: nobody is 'removed'."""
+    c = await nodes(replicas, MembershipState())
+    n1 = c["n1"]
+    for k in KEYS[:5]:
+        await n1.replica.coordinate(n1.replica.ref(k), {}, b"v", "t", durable=False, hint_for="n2")
+    assert n1.service.step() == ["n2"]
+    await n1.spawner.settle()
+    assert await n1.replica.hint_counts() == {}
+    for k in KEYS[:5]:
+        assert await c["n2"].replica.get(c["n2"].replica.ref(k)) is not None
