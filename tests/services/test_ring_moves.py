@@ -19,7 +19,7 @@ from dynamostore.config import TransferSettings
 from dynamostore.kv.replica import LocalReplica
 from dynamostore.services.transfer import TransferService
 from dynamostore.kv import versioning as v
-from ring.membership import Command, Commit, MembershipState, Result, StageJoin, StageLeave, apply
+from ring.membership import Command, Commit, MembershipState, Result, StageJoin, StageLeave, StageRemove, apply
 from tests.services.conftest import OpenReplica
 from tests.services.fakes import FakeClock, FakePlacement, Network, member, membership, until
 
@@ -182,3 +182,23 @@ async def test_a_leaving_node_is_removed_only_once_it_holds_no_hints(ring4: Ring
     assert await n4.drop_hint_if_unchanged("n1", skey, raw)
     await c.run_until_moved()
     assert c.state.members["n4"].status.value == "removed"
+
+
+async def test_removing_a_dead_node_rebuilds_every_new_primary_from_the_survivors(ring4: Ring4) -> None:
+    c = ring4
+    for k in KEYS:
+        await c.write_all(k, b"v-" + k)
+    before = c.state
+    await c.services.pop("n4").stop()  # n4 is dead: no service, unreachable
+    c.net.down.add("n4")
+    await c.propose(StageRemove("n4"), 1.0)
+    await c.propose(Commit(c.state.epoch), 1.0)
+    await c.run_until_moved()
+    assert c.state.members["n4"].status.value == "removed"
+    pulled_in = 0
+    for k in KEYS:
+        for n in c.primaries(k):
+            got = await c.replicas[n].get(c.replicas[n].ref(k))
+            assert got is not None and [s.value for s in got.siblings] == [b"v-" + k], f"{k!r} missing on {n}"
+            pulled_in += n not in c.primaries(k, before)
+    assert pulled_in > 0
