@@ -4,7 +4,8 @@ Receiver-driven: for every pending transfer that makes this node a primary of so
 target, or a node pulled in when preference lists collapse), pull each of its streams to this node
 (`handoff.transfer.plan_transfer`) from the stream's source in throttled batches (`transfer.fetch`), merge
 every record in with causality, and persist the cursor after each batch so a crash of either side resumes
-where it stopped; each stream ends with a catch-up pass. The transfer's target then asks every other
+where it stopped; each stream ends with a catch-up pass, which starts once every reachable member has applied
+the commit (from then on every coordinator sends the partition's writes to its pending owners). The transfer's target then asks every other
 receiver whether its streams are done (`transfer.ready`, answered from the saved cursors) and proposes
 `TransferDone` naming them through Raft; ownership moves (and the receivers start serving reads for the
 partition) only when that entry is applied. Writes made during the move reach every pending owner too (the
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 30.0
 PROPOSE_TIMEOUT = 30.0
+PLAN_EPOCH_TIMEOUT = 2.0  # a member that does not answer this fast is not waited for
 MAX_FETCH = 10_000
 TIDY_EVERY = 30.0  # seconds between passes that drop partitions this node no longer replicates
 
@@ -88,6 +90,7 @@ class TransferService:
     async def start(self) -> None:
         self.methods.register("transfer.fetch", self._rpc_fetch)
         self.methods.register("transfer.ready", self._rpc_ready)
+        self.methods.register("transfer.plan_epoch", self._rpc_plan_epoch)
         self._task = asyncio.create_task(self._run(), name="transfers")
 
     async def stop(self) -> None:
@@ -206,6 +209,7 @@ class TransferService:
         tidy = self._tidy_task
         if tidy is not None and not tidy.done():
             await asyncio.wait([tidy])  # a pass for an older ring may still drop a partition this one gains
+        applied_everywhere = False
         for stream in my_streams(tp, me):
             ckey = cursor_key(tp, stream)
             saved = await self.replica.load_meta(ckey)
@@ -228,6 +232,10 @@ class TransferService:
                     c = c.advance(bytes(rows[-1][0]), len(rows))
                 if len(rows) < grant:
                     c = c.finish()
+                    if c.final and not c.done and not applied_everywhere:
+                        # the catch-up pass must see every write of coordinators that did not know of the move
+                        await self._commit_applied_everywhere(tp)
+                        applied_everywhere = True
                 await self.replica.save_meta(ckey, encode_cursor(c))
             cursors[stream.key_partition] = c
             self._streamed.add(ckey)
@@ -256,6 +264,31 @@ class TransferService:
                           "seconds": round(took, 3), "committed": res.ok, "reason": res.reason})
         log.info("transfer of partition %d from %s done: %d keys in %.2fs (%s)", tp.transfer.partition,
                  tp.transfer.source, keys, took, "committed" if res.ok else res.reason)
+
+    async def _commit_applied_everywhere(self, tp: TransferPlan) -> None:
+        """Wait until every member this node can reach has applied the commit that planned the transfer: from
+        then on every coordinator sends the partition's writes to its pending owners too, so a catch-up pass
+        that starts afterwards has every write the pending owners were not sent. A member that does not
+        answer coordinates nothing this node could see (it is down, or cut off)."""
+        me = self.placement.node_id
+        waiting = [m for m in self.placement.state.live_members() if m != me]
+        while waiting:
+            lagging: list[str] = []
+            for node in waiting:
+                try:
+                    epoch = int(await self.peers.call(node, "transfer.plan_epoch", None, PLAN_EPOCH_TIMEOUT))
+                except Exception as exc:  # noqa: BLE001 - unreachable (or an older release): not waited for
+                    log.debug("transfer.plan_epoch on %s: %r", node, exc)
+                    continue
+                if epoch < tp.plan_epoch:
+                    lagging.append(node)
+            if not lagging or not still_pending(self.placement.state, tp):
+                return
+            waiting = lagging
+            await self.clock.wait(None, 0.2)
+
+    async def _rpc_plan_epoch(self, payload: Any, peer: str) -> Any:
+        return self.placement.state.plan_epoch
 
     async def _not_ready(self, tp: TransferPlan) -> list[str]:
         """Receivers of the transfer's streams that have not finished them (this node's own are done), and a

@@ -218,3 +218,33 @@ async def test_a_write_behind_the_first_pass_is_caught_by_the_catch_up_pass(clus
     assert late and done_command(tp) in c.proposals
     got = await n4.get(n4.ref(late[0]))
     assert got is not None and [s.value for s in got.siblings] == [b"late"]
+
+
+async def test_the_catch_up_pass_waits_for_every_member_to_apply_the_commit(cluster: Cluster) -> None:
+    """A coordinator that has not applied the commit sends a partition's writes to its old replicas only; the
+    catch-up pass starts once every reachable member has applied it, so it sees all such writes."""
+    c = cluster
+    lagging = c.sources[2]
+    assert isinstance(lagging.placement, FakePlacement)
+    before_commit = membership(SOURCES, Q, 2, StageJoin(member("n4")))
+    lagging.placement.state = before_commit
+    svc = c.target()
+    tp = c.plans()[0]
+    n4 = c.replicas["n4"]
+    svc.step()
+    await until(lambda: c.clock.waiting > 0 and any(call.method == "transfer.plan_epoch"
+                                                    for call in c.net.calls), "the first pass to end")
+    kp = tp.streams[0].key_partition
+    key = next(k for k in (b"late-%04d" % i for i in range(100_000)) if n4.ref(k).partition == kp)
+    for n in SOURCES:  # written through the lagging node, with the ring it knows: old replicas only
+        await c.replicas[n].coordinate(c.replicas[n].ref(key), {}, b"late", "t", durable=False)
+    assert not svc.progress[tp.transfer]["streams_done"]
+    lagging.placement.state = c.state  # it applies the commit
+    for _ in range(10_000):
+        if not svc.active:
+            break
+        c.clock.advance(1.0)
+        await asyncio.sleep(0)
+    assert not svc.active and done_command(tp) in c.proposals
+    got = await n4.get(n4.ref(key))
+    assert got is not None and [s.value for s in got.siblings] == [b"late"]
