@@ -177,9 +177,9 @@ class HandoffService:
                         batches.setdefault(d, []).append([skey, raw])
                 try:
                     for d, items in sorted(batches.items()):
-                        if d == me:
+                        if d == me:  # durably, like a delivered hint: the hint is dropped right after
                             for skey, raw in items:
-                                await self.replica.merge_raw(skey, v.decode(raw))
+                                await self.replica.merge_raw(skey, v.decode(raw), durable=True)
                         else:
                             await self.peers.call(d, "handoff.deliver", items, DELIVER_TIMEOUT)
                 except Exception as exc:  # noqa: BLE001 - any failure: back off, keep the hints
