@@ -9,9 +9,9 @@ Seeds: RING_FAULTS_SEED (default 1) replays a run (the schedule is printed); `py
 (root, ip and iptables; as tests/system/test_faults.py), each change with a member cut off from every other
 running node for 1.5-3 s.
 
-Runs marked xfail(strict=True, raises=Violation) fail on today's main because of issue 14's bugs 1-5 (fixed
-on the ringsafety branch): they may not pass silently, and any other failure still fails. Whoever merges
-the fixes removes the marks.
+Before issue 14's fixes, leave, remove and join-leave failed here (stale strict reads, resurrected deletes);
+they must now come out clean. The runs still marked xfail (not strict, raises=Violation) show violations the
+fixes do not remove yet, now and then: any other failure of those runs still fails.
 """
 
 from __future__ import annotations
@@ -35,21 +35,22 @@ pytestmark = pytest.mark.cluster
 SEED = int(os.environ.get("RING_FAULTS_SEED", "1"))
 
 
-def _issue14(why: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, raises=Violation, reason=f"issue 14: {why}")
+def _open(why: str) -> pytest.MarkDecorator:
+    """A violation issue 14's fixes do not remove yet. Not strict: the clients' timing is not seeded, so some
+    runs come out clean; any failure other than the checker's Violation (a crash, a ring that never
+    settles) still fails the test."""
+    return pytest.mark.xfail(strict=False, raises=Violation, reason=f"issue 14, still open: {why}")
 
 
 @pytest.mark.parametrize("kind", [
     "join",
-    pytest.param("leave", marks=_issue14("a leave makes a node primary of a partition it never received "
-                                         "(bug 1): R=1 strict reads of W=ALL keys answer 404 there")),
-    pytest.param("remove", marks=_issue14("a remove pulls in primaries that never received the partition (bug 1)")),
-    "replace",  # the newcomer takes exactly the old member's slots: no preference list collapses
-    pytest.param("join-leave", marks=_issue14("a reaped delete comes back when the partition returns to its "
-                                              "former owner (bug 2), and the leave's stale reads (bug 1)")),
-    pytest.param("leader-kill", marks=_issue14("a leave under a killed Raft leader: stale reads (bug 1), and "
-                                               "deletes back after a join then a leave (bug 2)")),
-    pytest.param("mixed", marks=_issue14("leave/remove/replace under kill and pause (bugs 1-4)")),
+    "leave",        # failed before issue 14's fixes: stale strict reads (bug 1)
+    "remove",       # the same (bug 1)
+    "replace",      # the newcomer takes exactly the old member's slots: no preference list collapses
+    "join-leave",   # failed before: reaped deletes came back on the former owner (bug 2)
+    pytest.param("leader-kill", marks=_open("a join then a leave, each with the Raft leader killed -9: now and "
+                                            "then one deleted key comes back")),
+    pytest.param("mixed", marks=_open("changes mixed with kill and pause: now and then a stale strict read")),
 ])
 async def test_ring_changes_lose_nothing_resurrect_nothing_and_read_fresh(make_cluster: Callable[..., Any],
                                                                          kind: str) -> None:
@@ -68,7 +69,7 @@ async def test_ring_partitions_inside_namespace(make_cluster: Callable[..., Any]
     res.report.assert_clean(f"mixed-partition seed={SEED}")
 
 
-@_issue14("leave/remove/replace with a member cut off by a partition (bugs 1-4)")
+@_open("ring changes with a member cut off by a partition: stale strict reads")
 def test_ring_changes_under_partitions() -> None:
     """Ring changes, each with a member cut off from the others by iptables for 1.5-3 s, inside a network
     namespace made for this test (one loopback address per node, as tests/system/test_faults.py does)."""
