@@ -56,6 +56,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -354,8 +355,7 @@ def bench_etcd(args: argparse.Namespace) -> Results:
                           pids=pids, writers=careful)
         return res
     finally:
-        pids = (d / "pids").read_text().split()
-        for p in pids:
+        for p in (d / "pids").read_text().split():
             try:
                 os.kill(int(p), signal.SIGTERM)
             except ProcessLookupError:
@@ -436,43 +436,38 @@ def console_cost(args: argparse.Namespace, title: str) -> int:
     return 0
 
 
-def compare_tls(args: argparse.Namespace, title: str) -> int:
-    """Plain and TLS (with tokens) alternating, each round a fresh cluster: the cost of TLS, side by side."""
-    plain: list[Results] = []
-    secure: list[Results] = []
+def side_by_side(args: argparse.Namespace, title: str, modes: tuple[tuple[str, str], tuple[str, str]],
+                 run: Callable[[str], Results], alternate: bool, against: str) -> int:
+    """dynamostore in two modes ((json key, label) each), one run of each per round on a fresh cluster, the
+    order swapped every other round when `alternate`; prints every round and the medians against the first."""
+    (key_a, label_a), (key_b, label_b) = modes
+    got: dict[str, list[Results]] = {key_a: [], key_b: []}
     for k in range(args.rounds):
-        plain.append(bench_dynamostore(args))
-        secure.append(bench_dynamostore(args, tls=True))
+        for key in ((key_b, key_a) if alternate and k % 2 else (key_a, key_b)):
+            got[key].append(run(key))
         if args.rounds > 1:
             print_table(f"round {k + 1} of {args.rounds}: {title}",
-                        [("dynamostore plain", plain[-1]), ("dynamostore TLS+tokens", secure[-1])], against="TLS")
+                        [(label_a, got[key_a][-1]), (label_b, got[key_b][-1])], against=against)
     if args.rounds > 1:
         title = f"medians of {args.rounds} alternating rounds: {title}"
-    med = [("dynamostore plain", median_results(plain)), ("dynamostore TLS+tokens", median_results(secure))]
-    print_table(title, med, against="TLS")
+    med = [(label_a, median_results(got[key_a])), (label_b, median_results(got[key_b]))]
+    print_table(title, med, against=against)
     if args.json:
-        args.json.write_text(json.dumps({"plain": plain, "tls": secure, "medians": dict(med)}, indent=2))
+        args.json.write_text(json.dumps({**got, "medians": dict(med)}, indent=2))
     return 0
+
+
+def compare_tls(args: argparse.Namespace, title: str) -> int:
+    """Plain and TLS (with tokens) alternating, each round a fresh cluster: the cost of TLS, side by side."""
+    return side_by_side(args, title, (("plain", "dynamostore plain"), ("tls", "dynamostore TLS+tokens")),
+                        lambda mode: bench_dynamostore(args, tls=mode == "tls"), alternate=False, against="TLS")
 
 
 def compare_sync(args: argparse.Namespace, title: str) -> int:
     """dynamostore with lmdb_sync = nosync (the old mode) and nometasync (the safe default), alternating, each
     round a fresh cluster: what the safe mode costs, side by side."""
-    fast: list[Results] = []
-    safe: list[Results] = []
-    for k in range(args.rounds):
-        for mode in (("nosync", "nometasync") if k % 2 == 0 else ("nometasync", "nosync")):
-            (fast if mode == "nosync" else safe).append(bench_dynamostore(args, lmdb_sync=mode))
-        if args.rounds > 1:
-            print_table(f"round {k + 1} of {args.rounds}: {title}",
-                        [("dynamostore nosync", fast[-1]), ("dynamostore nometasync", safe[-1])], against="nosync")
-    if args.rounds > 1:
-        title = f"medians of {args.rounds} alternating rounds: {title}"
-    med = [("dynamostore nosync", median_results(fast)), ("dynamostore nometasync", median_results(safe))]
-    print_table(title, med, against="nosync")
-    if args.json:
-        args.json.write_text(json.dumps({"nosync": fast, "nometasync": safe, "medians": dict(med)}, indent=2))
-    return 0
+    return side_by_side(args, title, (("nosync", "dynamostore nosync"), ("nometasync", "dynamostore nometasync")),
+                        lambda mode: bench_dynamostore(args, lmdb_sync=mode), alternate=True, against="nosync")
 
 
 def main() -> int:

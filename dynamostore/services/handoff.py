@@ -183,14 +183,9 @@ class HandoffService:
                         else:
                             await self.peers.call(d, "handoff.deliver", items, DELIVER_TIMEOUT)
                 except Exception as exc:  # noqa: BLE001 - any failure: back off, keep the hints
-                    self.planner.failed(target, type(exc).__name__, self.clock.now())
-                    log.info("re-targeting hints for %s failed (%s); will retry", target, type(exc).__name__)
+                    self._failed(target, "re-targeting hints for", exc)
                     return
-                dropped = 0
-                for skey, raw in rows:
-                    dropped += await self.replica.drop_hint_if_unchanged(target, skey, raw)
-                self.planner.delivered(target, dropped, self.clock.now())
-                self.delivered(target, dropped)
+                await self._drop_delivered(target, rows)
         finally:
             self.planner.finish(target)
 
@@ -210,16 +205,23 @@ class HandoffService:
                     await self.peers.call(target, "handoff.deliver", [[skey, raw] for skey, raw in rows],
                                           DELIVER_TIMEOUT)
                 except Exception as exc:  # noqa: BLE001 - any failure: back off, keep the hints
-                    self.planner.failed(target, type(exc).__name__, self.clock.now())
-                    log.info("handoff to %s failed (%s); will retry", target, type(exc).__name__)
+                    self._failed(target, "handoff to", exc)
                     return
-                dropped = 0
-                for skey, raw in rows:
-                    dropped += await self.replica.drop_hint_if_unchanged(target, skey, raw)
-                self.planner.delivered(target, dropped, self.clock.now())
-                self.delivered(target, dropped)
+                await self._drop_delivered(target, rows)
         finally:
             self.planner.finish(target)
+
+    def _failed(self, target: str, what: str, exc: Exception) -> None:
+        self.planner.failed(target, type(exc).__name__, self.clock.now())
+        log.info("%s %s failed (%s); will retry", what, target, type(exc).__name__)
+
+    async def _drop_delivered(self, target: str, rows: list[tuple[bytes, bytes]]) -> None:
+        """The hints of `rows` are stored by their recipients: drop each one no write changed meanwhile."""
+        dropped = 0
+        for skey, raw in rows:
+            dropped += await self.replica.drop_hint_if_unchanged(target, skey, raw)
+        self.planner.delivered(target, dropped, self.clock.now())
+        self.delivered(target, dropped)
 
     async def _rpc_deliver(self, payload: Any, peer: str) -> Any:
         try:

@@ -45,7 +45,7 @@ async def test_the_inspector_finds_the_hint_a_fallback_holds_for_a_dead_primary(
 
     c.start("n3")  # back, with handoff off: n3 answers, lacks the write, and the hint is still named
     await c.wait_healthy("n3")
-    await wait_for(lambda: c.sees("n2", "n3", True), 10, "n2 to see n3 up")
+    await wait_for(lambda: c.sees("n1", "n3", True), 10, "n1, which is asked next, to see n3 up")
     status, doc = await _debug(c, "n1", key)
     n3 = next(cp for cp in doc["copies"] if cp["node"] == "n3" and cp["kind"] == "data")
     dot = doc["merged"]["siblings"][0]["dot"]
